@@ -1,0 +1,1 @@
+"""Mutations, each run as a locked task: reload fresh, re-check, mutate atomically."""

@@ -1,0 +1,1 @@
+"""The only package that imports python-debian: formats, versions, the query language."""

@@ -1,0 +1,321 @@
+"""YAML files → validated specs. Errors carry `file:line`, the object and the field.
+
+The loader reports every problem of a run at once: a reviewer fixing a pull request
+should not have to push once per typo. It reads files and directories (recursively,
+`*.yaml`/`*.yml`, multi-document), substitutes `${VAR}` / `${VAR:-default}` from the
+environment in string values, validates each document with the pydantic models, and
+then checks what only the whole set can show: duplicate names, references to
+undeclared objects and merge cycles.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from reconciler import spec as specs
+from reconciler.errors import SpecError, SpecIssue
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class LineDict(dict):
+    """A mapping that remembers the line of each key (1-based)."""
+
+    lines: dict[str, int]
+    line: int
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    result.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+@dataclass(frozen=True)
+class Origin:
+    file: str
+    line: int
+
+
+@dataclass
+class Specs:
+    """The desired state: every declared object by kind and name, and where it was declared."""
+
+    mirrors: dict[str, specs.MirrorDoc] = field(default_factory=dict)
+    snapshots: dict[str, specs.SnapshotDoc] = field(default_factory=dict)
+    publishes: dict[str, specs.PublishDoc] = field(default_factory=dict)
+    origins: dict[tuple[str, str], Origin] = field(default_factory=dict)
+    warnings: list[SpecIssue] = field(default_factory=list)
+
+    def by_kind(self, kind: str) -> dict:
+        return {"Mirror": self.mirrors, "Snapshot": self.snapshots, "Publish": self.publishes}[kind]
+
+
+@dataclass
+class _Raw:
+    data: object
+    file: Path
+    index: int
+
+    def line_of(self, loc: Iterable[object]) -> int:
+        """The deepest line known along a pydantic error location."""
+        node, line = self.data, getattr(self.data, "line", 0)
+        for part in loc:
+            if isinstance(node, LineDict) and part in node:
+                line = node.lines.get(part, line)
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+                line = getattr(node, "line", line)
+            else:
+                break
+        return line
+
+
+def spec_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[SpecIssue]]:
+    """Expand files and directories (recursively) into the list of spec files to read."""
+    files: list[Path] = []
+    issues: list[SpecIssue] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                issues.append(SpecIssue(str(path), 0, "", "", "no *.yaml or *.yml spec files in this directory"))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            issues.append(SpecIssue(str(path), 0, "", "", "no such file or directory"))
+    return files, issues
+
+
+def _substitute(value: object, env: Mapping[str, str], problems: list[str]) -> object:
+    if isinstance(value, str):
+        def repl(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"environment variable {name} is not set and has no default (write ${{{name}:-default}})")
+            return ""
+        return _VAR.sub(repl, value)
+    if isinstance(value, LineDict):
+        out = LineDict({k: _substitute(v, env, problems) for k, v in value.items()})
+        out.lines, out.line = value.lines, value.line
+        return out
+    if isinstance(value, list):
+        return [_substitute(v, env, problems) for v in value]
+    return value
+
+
+def _read(file: Path, env: Mapping[str, str], issues: list[SpecIssue]) -> list[_Raw]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        issues.append(SpecIssue(str(file), 0, "", "", f"cannot read: {exc}"))
+        return []
+    try:
+        docs = list(yaml.load_all(text, Loader=_Loader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        problem = getattr(exc, "problem", None) or str(exc)
+        issues.append(SpecIssue(str(file), line, "", "", f"malformed YAML: {problem}"))
+        return []
+    raws = []
+    for index, doc in enumerate(docs):
+        if doc is None:
+            continue
+        problems: list[str] = []
+        doc = _substitute(doc, env, problems)
+        raw = _Raw(doc, file, index)
+        for problem in problems:
+            issues.append(SpecIssue(str(file), raw.line_of(()), _obj_name(doc), "", problem))
+        if not problems:
+            raws.append(raw)
+    return raws
+
+
+def _obj_name(doc: object) -> str:
+    if not isinstance(doc, dict):
+        return ""
+    kind = doc.get("kind", "?")
+    meta = doc.get("metadata")
+    name = meta.get("name", "?") if isinstance(meta, dict) else "?"
+    return f"{kind}/{name}"
+
+
+def _field(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in specs.KINDS]
+    return ".".join(parts)
+
+
+def _validate(raw: _Raw, issues: list[SpecIssue]) -> specs.MirrorDoc | specs.SnapshotDoc | specs.PublishDoc | None:
+    doc = raw.data
+    obj = _obj_name(doc)
+    if not isinstance(doc, dict):
+        issues.append(SpecIssue(str(raw.file), 0, "", "", f"document {raw.index + 1} is not a mapping"))
+        return None
+    if "kind" not in doc:
+        issues.append(SpecIssue(str(raw.file), raw.line_of(()), obj, "kind", "missing (one of Mirror, Snapshot, Publish)"))
+        return None
+    if doc["kind"] not in specs.KINDS:
+        issues.append(SpecIssue(str(raw.file), raw.line_of(("kind",)), obj, "kind",
+                                f"unknown kind {doc['kind']!r} (one of Mirror, Snapshot, Publish)"))
+        return None
+    try:
+        return specs.DOCUMENT.validate_python(doc)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if p not in specs.KINDS)
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown field"
+            issues.append(SpecIssue(str(raw.file), raw.line_of(loc), obj, _field(loc), message))
+        return None
+
+
+def _resolve(path: str, base: Path) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve_paths(doc, base: Path):
+    """Make paths in a spec absolute, relative to the directory of the file declaring them."""
+    if isinstance(doc, specs.MirrorDoc):
+        url = doc.spec.url
+        if url.startswith("file:") and not url.startswith("file://"):
+            url = "file://" + _resolve(url[len("file:"):], base)
+        update = {"url": url, "keyrings": [_resolve(k, base) for k in doc.spec.keyrings]}
+        return doc.model_copy(update={"spec": doc.spec.model_copy(update=update)})
+    if isinstance(doc, specs.PublishDoc):
+        signing = doc.spec.signing
+        update = {}
+        if signing.keyFile:
+            update["keyFile"] = _resolve(signing.keyFile, base)
+        if signing.passphraseFile:
+            update["passphraseFile"] = _resolve(signing.passphraseFile, base)
+        signing = signing.model_copy(update=update)
+        return doc.model_copy(update={"spec": doc.spec.model_copy(update={"signing": signing})})
+    return doc
+
+
+def _check_filter(text: str | None) -> str | None:
+    """The query parser's verdict on a filter, or None when it parses."""
+    if text is None:
+        return None
+    from reconciler.debian import query
+
+    try:
+        query.parse(text)
+    except query.QueryError as exc:
+        return str(exc)
+    return None
+
+
+def load_specs(paths: Iterable[str | Path], env: Mapping[str, str] | None = None) -> Specs:
+    """Read, validate and cross-check every spec document; raise SpecError listing all problems."""
+    env = os.environ if env is None else env
+    files, issues = spec_files(paths)
+    result = Specs()
+    for file in files:
+        for raw in _read(file, env, issues):
+            doc = _validate(raw, issues)
+            if doc is not None:
+                _add(result, _resolve_paths(doc, file.parent), raw, issues)
+    _cross_check(result, issues)
+    errors = [i for i in issues if not i.warning]
+    result.warnings = [i for i in issues if i.warning]
+    if errors:
+        raise SpecError(errors + result.warnings)
+    return result
+
+
+def _add(result: Specs, doc, raw: _Raw, issues: list[SpecIssue]) -> None:
+    kind, name = doc.kind, doc.metadata.name
+    origin = Origin(str(raw.file), raw.line_of(("metadata", "name")))
+    seen = result.origins.get((kind, name))
+    if seen:
+        issues.append(SpecIssue(origin.file, origin.line, f"{kind}/{name}", "metadata.name",
+                                f"duplicate name, first declared at {seen.file}:{seen.line}"))
+        return
+    filter_problem = _check_filter(getattr(doc.spec, "filter", None))
+    if filter_problem:
+        issues.append(SpecIssue(origin.file, raw.line_of(("spec", "filter")), f"{kind}/{name}", "spec.filter",
+                                f"does not parse: {filter_problem}"))
+    result.by_kind(kind)[name] = doc
+    result.origins[(kind, name)] = origin
+
+
+def _cross_check(result: Specs, issues: list[SpecIssue]) -> None:
+    def issue(kind: str, name: str, fld: str, message: str, warning: bool = False) -> None:
+        origin = result.origins[(kind, name)]
+        issues.append(SpecIssue(origin.file, origin.line, f"{kind}/{name}", fld, message, warning))
+
+    for name, doc in result.snapshots.items():
+        if doc.spec.mirror and doc.spec.mirror not in result.mirrors:
+            issue("Snapshot", name, "spec.mirror",
+                  f"mirror {doc.spec.mirror!r} is not declared (fine only for a snapshot that already exists)", True)
+        for src in doc.spec.snapshots or []:
+            if src not in result.snapshots:
+                issue("Snapshot", name, "spec.snapshots", f"snapshot {src!r} is not declared")
+    for cycle in _cycles(result.snapshots):
+        issue("Snapshot", cycle[0], "spec.snapshots", "merge cycle: " + " -> ".join(cycle + [cycle[0]]))
+    series = {n for n, d in result.snapshots.items() if d.spec.series}
+    keys: dict[str, str] = {}
+    for name, doc in result.publishes.items():
+        for comp, ref in doc.spec.components.items():
+            target = ref.removesuffix("@latest")
+            if ref.endswith("@latest") and target not in series:
+                issue("Publish", name, f"spec.components.{comp}", f"{target!r} is not a declared snapshot series")
+            elif not ref.endswith("@latest") and ref not in result.snapshots:
+                issue("Publish", name, f"spec.components.{comp}", f"snapshot {ref!r} is not declared")
+        other = keys.setdefault(doc.spec.key, name)
+        if other != name:
+            issue("Publish", name, "spec", f"prefix/distribution {doc.spec.key} is also published by {other!r}")
+
+
+def _cycles(snapshots: Mapping[str, specs.SnapshotDoc]) -> list[list[str]]:
+    """Each merge cycle once, as the list of names along it."""
+    state: dict[str, int] = {}
+    found: list[list[str]] = []
+
+    def visit(name: str, stack: list[str]) -> None:
+        state[name] = 1
+        stack.append(name)
+        for src in snapshots[name].spec.snapshots or []:
+            if src not in snapshots:
+                continue
+            if state.get(src) == 1:
+                found.append(stack[stack.index(src):])
+            elif src not in state:
+                visit(src, stack)
+        stack.pop()
+        state[name] = 2
+
+    for name in sorted(snapshots):
+        if name not in state:
+            visit(name, [])
+    return found

@@ -1,0 +1,127 @@
+"""The content-addressed package pool: every package file stored once, keyed by SHA-256.
+
+Two capabilities, split on purpose (STYLE habit 6):
+
+- `PackagePool` is what every backend offers: does it hold a verified file, import a
+  file, open one for reading, remove one. Code that only needs these asks for this.
+- `LocalPackagePool` adds what only a filesystem pool can do: a path to hard-link from,
+  and a temporary path on the same filesystem to download into, so that the final
+  step of an import is one atomic rename.
+
+A file appears in the pool only complete and verified: it is written under `tmp/`,
+checked, then renamed into place. Import accepts a file that is already there, so an
+interrupted import simply runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from reconciler.errors import VerifyError
+
+CHUNK = 1 << 20
+
+
+@runtime_checkable
+class PackagePool(Protocol):
+    def has(self, sha256: str, size: int | None = None) -> bool: ...
+
+    def import_file(self, src: Path, *, sha256: str, size: int, move: bool = False) -> None: ...
+
+    def open(self, sha256: str) -> BinaryIO: ...
+
+    def remove(self, sha256: str) -> int: ...
+
+    def walk(self) -> Iterator[tuple[str, int]]: ...
+
+
+@runtime_checkable
+class LocalPackagePool(PackagePool, Protocol):
+    def path(self, sha256: str) -> Path: ...
+
+    def temp_path(self, name: str) -> Path: ...
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file, read in chunks (memory stays flat for any size)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class FilesystemPool:
+    """A LocalPackagePool under one directory: `files/ab/abcdef...` plus `tmp/`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.files = self.root / "files"
+        self.tmp = self.root / "tmp"
+        self.files.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.files / sha256[:2] / sha256
+
+    def temp_path(self, name: str) -> Path:
+        """A stable partial-download path: a resumed download finds what the last run wrote."""
+        return self.tmp / name
+
+    def has(self, sha256: str, size: int | None = None) -> bool:
+        try:
+            st = self.path(sha256).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def import_file(self, src: Path, *, sha256: str, size: int, move: bool = False) -> None:
+        """Verify `src` against `sha256`/`size` and place it in the pool atomically."""
+        if self.has(sha256, size):
+            if move:
+                Path(src).unlink(missing_ok=True)
+            return
+        actual, actual_size = file_sha256(src)
+        if actual_size != size or actual != sha256:
+            raise VerifyError(
+                f"{src}: expected size {size} sha256 {sha256}, got size {actual_size} sha256 {actual}"
+            )
+        dest = self.path(sha256)
+        dest.parent.mkdir(exist_ok=True)
+        if move:
+            os.replace(src, dest)
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=".import-")
+        os.close(fd)
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+
+    def open(self, sha256: str) -> BinaryIO:
+        return open(self.path(sha256), "rb")
+
+    def remove(self, sha256: str) -> int:
+        path = self.path(sha256)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def walk(self) -> Iterator[tuple[str, int]]:
+        """Every stored file as (sha256, size), one directory at a time (flat memory)."""
+        for bucket in sorted(self.files.iterdir()):
+            if not bucket.is_dir():
+                continue
+            with os.scandir(bucket) as entries:
+                for entry in entries:
+                    if entry.is_file() and len(entry.name) == 64:
+                        yield entry.name, entry.stat().st_size

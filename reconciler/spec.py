@@ -1,0 +1,205 @@
+"""pydantic models of the spec documents: validation only, no I/O.
+
+Every model refuses unknown fields, so a typo (`filterWithDep`) is an error and not a
+silently ignored setting. Paths in specs (keyrings, signing keys, `file:` URLs) are
+kept as written here; the loader resolves them against the spec file's directory.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+API_VERSION = "reconciler/v1"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=200)]
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30s`, `10m`, `12h`, `1d`, `2w` → timedelta; anything else is a ValueError."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 10m, 12h, 1d, 2w)")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Metadata(Strict):
+    name: Name
+    renamedFrom: Name | None = None
+    protect: bool = False
+
+
+class MirrorSpec(Strict):
+    url: str = Field(description="Archive root: http://, https://, file:// (or file:RELATIVE to the spec file)")
+    distribution: str = Field(description="Suite or codename; ending in '/' means a flat repository")
+    components: list[str] | None = Field(None, description="Default: all in the Release file")
+    architectures: list[str] | None = Field(None, description="Default: all in the Release file")
+    filter: str | None = Field(None, description="aptly package query")
+    filterWithDeps: bool = False
+    withSources: bool = False
+    withUdebs: bool = False
+    keyrings: list[str] = Field(default_factory=list, description="Relative to the spec file")
+    verifySignature: bool = True
+    maxRemovalPercent: float = Field(20, ge=0, le=100)
+    downloadConcurrency: int = Field(4, ge=1, le=64)
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "file:")):
+            raise ValueError("must start with http://, https:// or file:")
+        return value
+
+    @field_validator("components", "architectures")
+    @classmethod
+    def _non_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("must not be empty (leave it out to take all from the Release file)")
+        return value
+
+    @model_validator(mode="after")
+    def _trust(self) -> MirrorSpec:
+        if self.verifySignature and not self.keyrings:
+            raise ValueError("keyrings: required unless verifySignature: false is written out")
+        return self
+
+
+class Series(Strict):
+    every: str = Field(description="How often a new snapshot is taken: 1d, 12h, 1w")
+    keep: int = Field(ge=1, description="How many of the series to keep")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class SnapshotSpec(Strict):
+    mirror: Name | None = None
+    snapshots: list[Name] | None = None
+    filter: str | None = None
+    filterWithDeps: bool = False
+    latest: bool = Field(False, description="On merge keep the highest version instead of the later source")
+    series: Series | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SnapshotSpec:
+        if (self.mirror is None) == (self.snapshots is None):
+            raise ValueError("exactly one of mirror, snapshots is required")
+        if self.snapshots is not None and not self.snapshots:
+            raise ValueError("snapshots: must name at least one snapshot")
+        if self.series is not None and self.mirror is None:
+            raise ValueError("series: needs a mirror source")
+        return self
+
+
+class Signing(Strict):
+    keyFile: str | None = None
+    key: str | None = None
+    skip: bool = False
+    passphraseFile: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Signing:
+        chosen = [self.keyFile is not None, self.key is not None, self.skip]
+        if sum(chosen) != 1:
+            raise ValueError("exactly one of keyFile, key, skip: true is required")
+        return self
+
+
+class PublishSpec(Strict):
+    prefix: str = "."
+    distribution: str
+    components: dict[str, str] = Field(description="component -> snapshot name (or SERIES@latest)")
+    architectures: list[str] | None = None
+    origin: str | None = None
+    label: str | None = None
+    suite: str | None = None
+    codename: str | None = None
+    description: str | None = None
+    validFor: str | None = Field(None, description="Valid-Until = Date + this duration, e.g. 7d")
+    signing: Signing
+    acquireByHash: bool = True
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/") or "."
+        parts = value.split("/")
+        if value != "." and any(p in ("", ".", "..") or p in ("dists", "pool") for p in parts):
+            raise ValueError("must be '.' or a relative path without '.', '..', 'dists' or 'pool' parts")
+        return value
+
+    @field_validator("distribution")
+    @classmethod
+    def _dist(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", value) or ".." in value:
+            raise ValueError("must be a plain distribution name")
+        return value
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("must map at least one component to a snapshot")
+        for comp, ref in value.items():
+            if not re.match(r"^[a-z0-9][a-z0-9._/-]*$", comp):
+                raise ValueError(f"bad component name {comp!r}")
+            name = ref.removesuffix("@latest")
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"{comp}: bad snapshot reference {ref!r}")
+        return value
+
+    @field_validator("validFor")
+    @classmethod
+    def _valid_for(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def key(self) -> str:
+        return f"{self.prefix}/{self.distribution}"
+
+
+class _Doc(Strict):
+    apiVersion: Literal["reconciler/v1"]
+    metadata: Metadata
+
+
+class MirrorDoc(_Doc):
+    kind: Literal["Mirror"]
+    spec: MirrorSpec
+
+
+class SnapshotDoc(_Doc):
+    kind: Literal["Snapshot"]
+    spec: SnapshotSpec
+
+
+class PublishDoc(_Doc):
+    kind: Literal["Publish"]
+    spec: PublishSpec
+
+
+Document = Annotated[Union[MirrorDoc, SnapshotDoc, PublishDoc], Field(discriminator="kind")]
+DOCUMENT = TypeAdapter(Document)
+KINDS = {"Mirror": MirrorDoc, "Snapshot": SnapshotDoc, "Publish": PublishDoc}
+
+
+def json_schema() -> dict:
+    """JSON Schema of one spec document, for editors (yaml-language-server)."""
+    schema = DOCUMENT.json_schema()
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    schema["title"] = "reconciler spec document"
+    return schema

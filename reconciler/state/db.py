@@ -1,0 +1,202 @@
+"""The state database: one SQLite file under the root, WAL mode, numbered migrations.
+
+Every connection is opened here, so every connection gets the same settings: WAL (readers
+never block the one writer), a busy timeout (writers from other processes wait instead of
+failing), foreign keys on. `PRAGMA user_version` holds the number of the last migration
+applied; migrations run in order inside one transaction each, under an exclusive lock,
+so two processes starting on a fresh root cannot both migrate.
+
+Package lists are content-addressed blobs (see docs/architecture.md): a mirror or a
+snapshot names the digest of its list, identical lists are stored once, listing objects
+reads one small row each, and the package count is stored with the list it counts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from reconciler.errors import StateError
+
+MIGRATIONS: list[str] = [
+    # 1: the initial schema
+    """
+    CREATE TABLE package_lists (
+        digest TEXT PRIMARY KEY,
+        count INTEGER NOT NULL,
+        ids BLOB NOT NULL
+    );
+    CREATE TABLE packages (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        arch TEXT NOT NULL,
+        source TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        fields TEXT NOT NULL,
+        files TEXT NOT NULL
+    );
+    CREATE INDEX packages_sha256 ON packages(sha256);
+    CREATE INDEX packages_name ON packages(name, arch);
+    CREATE TABLE pool_files (
+        sha256 TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        imported_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE mirrors (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        protect INTEGER NOT NULL DEFAULT 0,
+        list_digest TEXT REFERENCES package_lists(digest),
+        status TEXT NOT NULL,
+        update_complete INTEGER NOT NULL DEFAULT 0,
+        release_sha256 TEXT,
+        release_date TEXT,
+        upstream TEXT,
+        last_update TEXT,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE snapshots (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        protect INTEGER NOT NULL DEFAULT 0,
+        source_mirror TEXT,
+        source_snapshots TEXT,
+        series TEXT,
+        list_digest TEXT NOT NULL REFERENCES package_lists(digest),
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX snapshots_mirror ON snapshots(source_mirror);
+    CREATE INDEX snapshots_series ON snapshots(series);
+    CREATE TABLE publishes (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        prefix TEXT NOT NULL,
+        distribution TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        protect INTEGER NOT NULL DEFAULT 0,
+        sources TEXT NOT NULL,
+        inputs_digest TEXT NOT NULL,
+        release_sha256 TEXT,
+        published_at TEXT NOT NULL,
+        UNIQUE (prefix, distribution)
+    );
+    CREATE TABLE publish_sources (
+        publish_id INTEGER NOT NULL REFERENCES publishes(id) ON DELETE CASCADE,
+        component TEXT NOT NULL,
+        snapshot TEXT NOT NULL,
+        PRIMARY KEY (publish_id, component)
+    ) WITHOUT ROWID;
+    CREATE INDEX publish_sources_snapshot ON publish_sources(snapshot);
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        resources TEXT NOT NULL,
+        state TEXT NOT NULL,
+        pid INTEGER,
+        host TEXT,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        ended_at TEXT,
+        output TEXT NOT NULL DEFAULT '',
+        error TEXT
+    );
+    CREATE INDEX tasks_state ON tasks(state);
+    CREATE TABLE locks (
+        key TEXT PRIMARY KEY,
+        task_id INTEGER,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        description TEXT NOT NULL,
+        acquired_at TEXT NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path, *, migrate: bool = True) -> sqlite_utils.Database:
+    """Open the state database with the project's settings; create and upgrade it if asked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=60000")
+        db = sqlite_utils.Database(conn)
+        if migrate:
+            upgrade(db)
+        else:
+            check_version(db)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: the state database cannot be used: {exc}. "
+                         "Run `reconciler verify` for details, or restore it from a backup.") from exc
+    return db
+
+
+def check_version(db: sqlite_utils.Database) -> int:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StateError(f"the state database has schema version {version}, newer than this "
+                         f"reconciler knows ({SCHEMA_VERSION}); upgrade reconciler")
+    return version
+
+
+def upgrade(db: sqlite_utils.Database) -> None:
+    """Apply the migrations not applied yet, each in its own exclusive transaction."""
+    if check_version(db) == SCHEMA_VERSION:
+        return
+    conn = db.conn
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        version = check_version(db)
+        for number in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database, *, immediate: bool = True) -> Iterator[sqlite_utils.Database]:
+    """One transaction: all of it commits, or none of it does.
+
+    IMMEDIATE takes the write lock at the start, so a task never fails half-way with
+    "database is locked" on its first write after having read under a stale snapshot.
+    """
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield db
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def integrity_problems(db: sqlite_utils.Database) -> list[str]:
+    """What SQLite's own checks find wrong (empty when the file is sound)."""
+    rows = db.execute("PRAGMA integrity_check").fetchall()
+    problems = [r[0] for r in rows if r[0] != "ok"]
+    problems += [f"foreign key: {r}" for r in db.execute("PRAGMA foreign_key_check").fetchall()]
+    return problems

@@ -1,0 +1,350 @@
+"""Per-kind stores over the state database.
+
+Shallow and complete loads are different calls (STYLE habit 7): `get`/`list` return
+rows with their package count and never touch the package lists; `PackageLists.ids`
+and `Packages.load` read a list on purpose. A store never opens a connection of its
+own: a task hands it the connection it runs its transaction on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import sqlite_utils
+
+from reconciler.debian.package import Package, PackageFile
+
+CHUNK = 500
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class MirrorRow:
+    id: int
+    name: str
+    owner: str
+    spec: dict
+    protect: bool
+    list_digest: str | None
+    status: str
+    update_complete: bool
+    release_sha256: str | None
+    release_date: str | None
+    upstream: dict
+    last_update: str | None
+    last_error: str | None
+    created_at: str
+    updated_at: str
+    num_packages: int
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    id: int
+    name: str
+    owner: str
+    spec: dict
+    protect: bool
+    source_mirror: str | None
+    source_snapshots: list[str]
+    series: str | None
+    list_digest: str
+    created_at: str
+    num_packages: int
+
+
+@dataclass(frozen=True)
+class PublishRow:
+    id: int
+    name: str
+    owner: str
+    prefix: str
+    distribution: str
+    spec: dict
+    protect: bool
+    sources: dict[str, str]
+    inputs_digest: str
+    release_sha256: str | None
+    published_at: str
+    num_packages: int
+
+
+class PackageLists:
+    """Content-addressed package lists: sorted package ids, compressed, stored once per content."""
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+
+    @staticmethod
+    def encode(ids: Iterable[int]) -> tuple[bytes, int]:
+        values = array("q", sorted(set(ids)))
+        return zlib.compress(values.tobytes(), 6), len(values)
+
+    @staticmethod
+    def decode(blob: bytes) -> array:
+        values = array("q")
+        values.frombytes(zlib.decompress(blob))
+        return values
+
+    def digest(self, ids: Sequence[int]) -> str:
+        """sha256 over the sorted package keys: the same content gives the same digest anywhere."""
+        digest = hashlib.sha256()
+        keys: list[str] = []
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            keys += [r[0] for r in self.db.execute(f"SELECT key FROM packages WHERE id IN ({marks})", chunk)]
+        for key in sorted(keys):
+            digest.update(key.encode() + b"\n")
+        return digest.hexdigest()
+
+    def put(self, ids: Iterable[int]) -> str:
+        blob, count = self.encode(ids)
+        values = self.decode(blob)
+        digest = self.digest(values)
+        self.db.execute("INSERT OR IGNORE INTO package_lists (digest, count, ids) VALUES (?, ?, ?)",
+                        (digest, count, blob))
+        return digest
+
+    def ids(self, digest: str | None) -> array:
+        if digest is None:
+            return array("q")
+        row = self.db.execute("SELECT ids FROM package_lists WHERE digest = ?", (digest,)).fetchone()
+        return self.decode(row[0]) if row else array("q")
+
+    def prune(self) -> int:
+        """Drop lists no mirror or snapshot names any more."""
+        cur = self.db.execute(
+            "DELETE FROM package_lists WHERE digest NOT IN (SELECT list_digest FROM mirrors WHERE list_digest IS NOT NULL)"
+            " AND digest NOT IN (SELECT list_digest FROM snapshots)")
+        return cur.rowcount
+
+
+class Packages:
+    """One row per distinct package file, with its control stanza."""
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+
+    def add(self, packages: Iterable[Package]) -> list[int]:
+        """Store packages not seen before; return the id of each, in order."""
+        packages = list(packages)
+        rows = [
+            (p.key, p.type, p.name, p.version, p.arch, p.source_name,
+             p.files[0].sha256 if p.files else "", sum(f.size for f in p.files),
+             json.dumps(p.fields), json.dumps([[f.path, f.size, f.sha256] for f in p.files]))
+            for p in packages
+        ]
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO packages (key, type, name, version, arch, source, sha256, size, fields, files)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        ids: dict[str, int] = {}
+        keys = [r[0] for r in rows]
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            ids.update(self.db.execute(f"SELECT key, id FROM packages WHERE key IN ({marks})", chunk).fetchall())
+        return [ids[k] for k in keys]
+
+    @staticmethod
+    def _package(row: tuple) -> Package:
+        _id, type_, name, version, arch, fields, files = row
+        return Package(type_, name, version, arch, json.loads(fields),
+                       tuple(PackageFile(p, s, h) for p, s, h in json.loads(files)))
+
+    def load(self, ids: Iterable[int]) -> Iterator[tuple[int, Package]]:
+        """Packages by id, a chunk at a time (memory follows the chunk, not the list)."""
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                    f"SELECT id, type, name, version, arch, fields, files FROM packages WHERE id IN ({marks})", chunk):
+                yield row[0], self._package(row)
+
+    def files(self, ids: Iterable[int]) -> Iterator[tuple[str, int, str]]:
+        """(sha256, size, path) of every file of the given packages."""
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            for (files,) in self.db.execute(f"SELECT files FROM packages WHERE id IN ({marks})", chunk):
+                for path, size, sha in json.loads(files):
+                    yield sha, size, path
+
+
+class Mirrors:
+    _SELECT = ("SELECT m.*, COALESCE(l.count, 0) AS num_packages FROM mirrors m"
+               " LEFT JOIN package_lists l ON l.digest = m.list_digest")
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+
+    @staticmethod
+    def _row(row: dict) -> MirrorRow:
+        row = dict(row)
+        row["spec"] = json.loads(row["spec"])
+        row["upstream"] = json.loads(row["upstream"] or "{}")
+        row["protect"], row["update_complete"] = bool(row["protect"]), bool(row["update_complete"])
+        return MirrorRow(**row)
+
+    def get(self, name: str) -> MirrorRow | None:
+        rows = list(self.db.query(self._SELECT + " WHERE m.name = ?", [name]))
+        return self._row(rows[0]) if rows else None
+
+    def list(self) -> list[MirrorRow]:
+        return [self._row(r) for r in self.db.query(self._SELECT + " ORDER BY m.name")]
+
+    def create(self, name: str, *, owner: str, spec: dict, protect: bool) -> None:
+        stamp = now()
+        self.db.execute(
+            "INSERT INTO mirrors (name, owner, spec, protect, status, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 'new', ?, ?)", (name, owner, json.dumps(spec), int(protect), stamp, stamp))
+
+    def update(self, name: str, **values: object) -> None:
+        for key in ("spec", "upstream"):
+            if key in values:
+                values[key] = json.dumps(values[key])
+        values["updated_at"] = now()
+        sets = ", ".join(f"{k} = ?" for k in values)
+        self.db.execute(f"UPDATE mirrors SET {sets} WHERE name = ?", [*values.values(), name])
+
+    def rename(self, old: str, new: str) -> None:
+        self.db.execute("UPDATE mirrors SET name = ?, updated_at = ? WHERE name = ?", (new, now(), old))
+        self.db.execute("UPDATE snapshots SET source_mirror = ? WHERE source_mirror = ?", (new, old))
+
+    def delete(self, name: str) -> None:
+        self.db.execute("DELETE FROM mirrors WHERE name = ?", (name,))
+
+    def users(self, name: str) -> list[str]:
+        """Snapshots taken from this mirror: what blocks dropping it."""
+        return [r[0] for r in self.db.execute(
+            "SELECT name FROM snapshots WHERE source_mirror = ? ORDER BY name", (name,))]
+
+
+class Snapshots:
+    _SELECT = ("SELECT s.*, COALESCE(l.count, 0) AS num_packages FROM snapshots s"
+               " LEFT JOIN package_lists l ON l.digest = s.list_digest")
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+
+    @staticmethod
+    def _row(row: dict) -> SnapshotRow:
+        row = dict(row)
+        row["spec"] = json.loads(row["spec"])
+        row["source_snapshots"] = json.loads(row["source_snapshots"] or "[]")
+        row["protect"] = bool(row["protect"])
+        return SnapshotRow(**row)
+
+    def get(self, name: str) -> SnapshotRow | None:
+        rows = list(self.db.query(self._SELECT + " WHERE s.name = ?", [name]))
+        return self._row(rows[0]) if rows else None
+
+    def list(self) -> list[SnapshotRow]:
+        return [self._row(r) for r in self.db.query(self._SELECT + " ORDER BY s.name")]
+
+    def of_series(self, series: str) -> list[SnapshotRow]:
+        return [self._row(r) for r in self.db.query(self._SELECT + " WHERE s.series = ? ORDER BY s.name", [series])]
+
+    def create(self, name: str, *, owner: str, spec: dict, protect: bool, list_digest: str,
+               source_mirror: str | None, source_snapshots: list[str], series: str | None = None) -> None:
+        self.db.execute(
+            "INSERT INTO snapshots (name, owner, spec, protect, source_mirror, source_snapshots, series,"
+            " list_digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, owner, json.dumps(spec), int(protect), source_mirror, json.dumps(source_snapshots),
+             series, list_digest, now()))
+
+    def update(self, name: str, **values: object) -> None:
+        if "spec" in values:
+            values["spec"] = json.dumps(values["spec"])
+        sets = ", ".join(f"{k} = ?" for k in values)
+        self.db.execute(f"UPDATE snapshots SET {sets} WHERE name = ?", [*values.values(), name])
+
+    def rename(self, old: str, new: str) -> None:
+        self.db.execute("UPDATE snapshots SET name = ? WHERE name = ?", (new, old))
+        self.db.execute("UPDATE publish_sources SET snapshot = ? WHERE snapshot = ?", (new, old))
+
+    def delete(self, name: str) -> None:
+        self.db.execute("DELETE FROM snapshots WHERE name = ?", (name,))
+
+    def users(self, name: str) -> list[str]:
+        """Publishes pointing at this snapshot: what blocks dropping it."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT p.name FROM publish_sources s JOIN publishes p ON p.id = s.publish_id"
+            " WHERE s.snapshot = ? ORDER BY p.name", (name,))]
+
+
+class Publishes:
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+
+    def _row(self, row: dict) -> PublishRow:
+        row = dict(row)
+        row["spec"] = json.loads(row["spec"])
+        row["sources"] = json.loads(row["sources"])
+        row["protect"] = bool(row["protect"])
+        count = 0
+        for snap in set(row["sources"].values()):
+            hit = self.db.execute("SELECT l.count FROM snapshots s JOIN package_lists l ON l.digest = s.list_digest"
+                                  " WHERE s.name = ?", (snap,)).fetchone()
+            count += hit[0] if hit else 0
+        return PublishRow(**row, num_packages=count)
+
+    def get(self, name: str) -> PublishRow | None:
+        rows = list(self.db.query("SELECT * FROM publishes WHERE name = ?", [name]))
+        return self._row(rows[0]) if rows else None
+
+    def at(self, prefix: str, distribution: str) -> PublishRow | None:
+        rows = list(self.db.query("SELECT * FROM publishes WHERE prefix = ? AND distribution = ?",
+                                  [prefix, distribution]))
+        return self._row(rows[0]) if rows else None
+
+    def list(self) -> list[PublishRow]:
+        return [self._row(r) for r in self.db.query("SELECT * FROM publishes ORDER BY prefix, distribution")]
+
+    def under_prefix(self, prefix: str) -> list[PublishRow]:
+        return [self._row(r) for r in self.db.query("SELECT * FROM publishes WHERE prefix = ?", [prefix])]
+
+    def save(self, name: str, *, owner: str, prefix: str, distribution: str, spec: dict, protect: bool,
+             sources: dict[str, str], inputs_digest: str, release_sha256: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO publishes (name, owner, prefix, distribution, spec, protect, sources, inputs_digest,"
+            " release_sha256, published_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, prefix = excluded.prefix,"
+            " distribution = excluded.distribution, spec = excluded.spec, protect = excluded.protect,"
+            " sources = excluded.sources, inputs_digest = excluded.inputs_digest,"
+            " release_sha256 = excluded.release_sha256, published_at = excluded.published_at",
+            (name, owner, prefix, distribution, json.dumps(spec), int(protect), json.dumps(sources),
+             inputs_digest, release_sha256, now()))
+        pid = self.db.execute("SELECT id FROM publishes WHERE name = ?", (name,)).fetchone()[0]
+        self.db.execute("DELETE FROM publish_sources WHERE publish_id = ?", (pid,))
+        self.db.conn.executemany("INSERT INTO publish_sources (publish_id, component, snapshot) VALUES (?, ?, ?)",
+                                 [(pid, comp, snap) for comp, snap in sources.items()])
+
+    def delete(self, name: str) -> None:
+        self.db.execute("DELETE FROM publishes WHERE name = ?", (name,))
+
+
+class Store:
+    """All stores over one connection: what a task's function receives."""
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+        self.mirrors = Mirrors(db)
+        self.snapshots = Snapshots(db)
+        self.publishes = Publishes(db)
+        self.packages = Packages(db)
+        self.lists = PackageLists(db)
+
+    def record_pool_file(self, sha256: str, size: int) -> None:
+        self.db.execute("INSERT OR IGNORE INTO pool_files (sha256, size, imported_at) VALUES (?, ?, ?)",
+                        (sha256, size, now()))
