@@ -37,11 +37,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (
 def _context():
     from reconciler.tasks import Context
 
-    return Context(STATE.root, publish_root=STATE.publish_root, echo=_echo_err)
-
-
-def _echo_err(message: str) -> None:
-    typer.echo(message, err=True)
+    return Context(STATE.root, publish_root=STATE.publish_root)
 
 
 def _fail(exc: ReconcilerError) -> None:
@@ -171,6 +167,157 @@ def show(kind: Kind, name: str, as_json: JsonOpt = False) -> None:
     else:
         for key, value in item.items():
             typer.echo(f"{key}: {value}")
+
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Drop objects in use; accept removals beyond the gate and "
+                                                           "upstream replays")]
+OwnerOpt = Annotated[str, typer.Option("--owner", help="Which spec set this is: only its own objects are pruned")]
+ReplaceOpt = Annotated[list[str], typer.Option("--replace", help="Drop and recreate this existing snapshot (repeatable)")]
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+def _load(files: list[Path]):
+    from reconciler.loader import load_specs
+
+    specs = load_specs(files)
+    for warning in specs.warnings:
+        typer.echo(str(warning), err=True)
+    return specs
+
+
+def _options(owner: str, force: bool, replace: list[str]):
+    from reconciler.plan import Options
+
+    return Options(owner=owner, force=force, replace=frozenset(replace))
+
+
+def _render_plan(the_plan, fmt: Format) -> str:
+    if fmt is Format.json:
+        return the_plan.dumps()
+    if fmt is Format.markdown:
+        rows = ["| | kind | name | change |", "|---|---|---|---|"]
+        rows += [f"| {c.op} | {c.kind} | {c.name} | {c.reason.replace('|', '/')} |" for c in the_plan.changes]
+        return "\n".join(rows)
+    lines = [c.text() for c in the_plan.changes] or ["nothing declared"]
+    todo = sum(1 for c in the_plan.changes if c.changes_anything and c.op != "error")
+    lines.append(f"plan: {todo} change(s), {len(the_plan.errors)} error(s)")
+    return "\n".join(lines)
+
+
+@app.command()
+def plan(files: FilesOpt, as_json: JsonOpt = False,
+         fmt: Annotated[Format, typer.Option("--format", help="text, json or markdown (a PR comment)")] = Format.text,
+         detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode",
+                                                         help="Exit 2 when anything would change")] = False,
+         owner: OwnerOpt = "default", force: ForceOpt = False, replace: ReplaceOpt = []) -> None:
+    """Show what apply would do, per object, with package counts. Downloads no package file.
+
+    Example: reconciler plan -f examples/repos --detailed-exitcode
+    """
+    from reconciler.reconcile import make_plan
+
+    try:
+        specs = _load(files)
+        the_plan = make_plan(_context(), specs, _options(owner, force, replace))
+    except ReconcilerError as exc:
+        _fail(exc)
+    typer.echo(_render_plan(the_plan, Format.json if as_json else fmt))
+    if the_plan.errors:
+        raise typer.Exit(1)
+    if detailed_exitcode and the_plan.has_changes:
+        raise typer.Exit(2)
+
+
+@app.command()
+def apply(files: FilesOpt, force: ForceOpt = False,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; change nothing")] = False,
+          owner: OwnerOpt = "default", replace: ReplaceOpt = []) -> None:
+    """Make the state match the specs, each change a locked task. Exit 1 when anything failed.
+
+    Example: reconciler apply -f examples/repos
+    """
+    from reconciler.reconcile import apply as apply_specs, make_plan
+
+    try:
+        specs = _load(files)
+        options = _options(owner, force, replace)
+        if dry_run:
+            typer.echo(_render_plan(make_plan(_context(), specs, options), Format.text))
+            return
+        report = apply_specs(_context(), specs, options, echo=typer.echo)
+    except ReconcilerError as exc:
+        _fail(exc)
+    if not report.ok:
+        typer.echo(f"{len(report.failures)} change(s) failed", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted")] = False) -> None:
+    """Delete pool files no mirror or snapshot refers to; report the bytes freed.
+
+    Example: reconciler gc --dry-run
+    """
+    from reconciler.actions.maintenance import gc as run_gc
+
+    try:
+        report = run_gc(_context(), dry_run=dry_run)
+    except ReconcilerError as exc:
+        _fail(exc)
+    for path in report.paths:
+        typer.echo(path)
+    typer.echo(report.line(dry_run))
+
+
+@app.command()
+def verify(deep: Annotated[bool, typer.Option("--deep", help="Also re-hash every pool file")] = False) -> None:
+    """Check the database, the pool and every published tree; report drift. Exit 1 on problems.
+
+    Example: reconciler verify --deep
+    """
+    from reconciler.actions.maintenance import verify as run_verify
+
+    try:
+        problems = run_verify(_context(), deep=deep)
+    except ReconcilerError as exc:
+        _fail(exc)
+    for problem in problems:
+        typer.echo(problem)
+    typer.echo(f"verify: {len(problems)} problem(s)")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def diff(kind: Annotated[str, typer.Argument(help="snapshot")], a: str, b: str, as_json: JsonOpt = False) -> None:
+    """List packages added, removed and changed between two snapshots.
+
+    Example: reconciler diff snapshot stable-2026-11-24 stable-2026-11-25
+    """
+    from reconciler.actions.snapshots import diff as snapshot_diff
+
+    if kind != "snapshot":
+        typer.echo("error: only `diff snapshot A B` is supported", err=True)
+        raise typer.Exit(1)
+    try:
+        result = snapshot_diff(_context().store(), a, b)
+    except ReconcilerError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for ref in result["added"]:
+        typer.echo(f"+ {ref}")
+    for ref in result["removed"]:
+        typer.echo(f"- {ref}")
+    for old, new in result["changed"]:
+        typer.echo(f"~ {old} -> {new}")
+    typer.echo(f"{len(result['added'])} added, {len(result['removed'])} removed, {len(result['changed'])} changed")
 
 
 def main() -> None:

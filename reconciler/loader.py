@@ -99,7 +99,10 @@ def spec_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[SpecIssue]
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+            # Hidden parts are skipped: a Kubernetes ConfigMap mount holds every file twice,
+            # once through `..data/` (hidden, timestamped) and once as the visible link.
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
                 issues.append(SpecIssue(str(path), 0, "", "", "no *.yaml or *.yml spec files in this directory"))
             files.extend(found)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from reconciler.errors import LockTimeout
 
-KINDS = ("pool", "mirror", "snapshot", "publish", "series")
+KINDS = ("pool", "series", "mirror", "snapshot", "publish", "prefix")
 POOL = "pool"
 
 
@@ -47,6 +47,11 @@ def publish(prefix: str, distribution: str) -> str:
 
 def series(name: str) -> str:
     return f"series/{name}"
+
+
+def prefix(name: str) -> str:
+    """Publishes under one prefix share its pool/ directory: they serialise on this key."""
+    return f"prefix/{name}"
 
 
 def order(keys: Iterable[str]) -> list[str]:

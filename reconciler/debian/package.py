@@ -63,3 +63,30 @@ class Package:
 
     def get(self, name: str, default: str = "") -> str:
         return self.fields.get(name, default)
+
+
+def _checksum_lines(text: str) -> list[tuple[str, int, str]]:
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            rows.append((parts[0].lower(), int(parts[1]), parts[2]))
+    return rows
+
+
+def from_stanza(fields: dict[str, str], type: str) -> Package:
+    """A Package from an index stanza: Packages (deb/udeb) or Sources (source).
+
+    Raises ValueError when a field the package cannot do without is missing.
+    """
+    try:
+        name, version = fields["Package"], fields["Version"]
+        if type == "source":
+            directory = fields.get("Directory", ".").strip("/")
+            files = tuple(PackageFile(f"{directory}/{fname}", size, sha)
+                          for sha, size, fname in _checksum_lines(fields["Checksums-Sha256"]))
+            return Package(type, name, version, "source", fields, files)
+        files = (PackageFile(fields["Filename"], int(fields["Size"]), fields["SHA256"].lower()),)
+        return Package(type, name, version, fields["Architecture"], fields, files)
+    except KeyError as exc:
+        raise ValueError(f"stanza of {fields.get('Package', '?')} lacks field {exc.args[0]}") from None

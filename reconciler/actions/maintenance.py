@@ -1,0 +1,107 @@
+"""gc and verify: whole-root maintenance tasks.
+
+gc takes the pool lock exclusively: every task that imports or relies on pool files
+holds it shared, so gc can never delete a file imported a moment ago and not yet
+named by a list. The live set goes into a temporary SQLite table rather than a Python
+set, so gc's memory does not grow with the size of the pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler import locks, tasks, tree
+from reconciler.state import db as statedb
+from reconciler.state.stores import Store
+
+
+@dataclass
+class GcReport:
+    files: int = 0
+    bytes: int = 0
+    lists: int = 0
+    paths: list[str] = field(default_factory=list)
+
+    def line(self, dry_run: bool) -> str:
+        verb = "would free" if dry_run else "freed"
+        return f"gc: {verb} {self.files} file(s), {self.bytes / 1e6:.1f} MB"
+
+
+def _live_lists(db) -> list[str]:
+    rows = db.execute("SELECT list_digest FROM mirrors WHERE list_digest IS NOT NULL"
+                      " UNION SELECT list_digest FROM snapshots").fetchall()
+    return [r[0] for r in rows]
+
+
+def gc(ctx: tasks.Context, *, dry_run: bool = False) -> GcReport:
+    def body(task: tasks.Task) -> GcReport:
+        store = task.store
+        db = store.db
+        report = GcReport()
+        if not dry_run:
+            with task.transaction() as tx:
+                report.lists = tx.lists.prune()
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS live (sha256 TEXT PRIMARY KEY) WITHOUT ROWID")
+        db.execute("DELETE FROM live")
+        for digest in _live_lists(db):
+            ids = store.lists.ids(digest)
+            db.conn.executemany("INSERT OR IGNORE INTO live VALUES (?)",
+                                ((sha,) for sha, _size, _path in store.packages.files(ids)))
+        for sha, size in task.pool.walk():
+            if db.execute("SELECT 1 FROM live WHERE sha256 = ?", (sha,)).fetchone():
+                continue
+            report.files += 1
+            report.bytes += size
+            if dry_run:
+                report.paths.append(str(task.pool.path(sha)))
+            else:
+                task.pool.remove(sha)
+                db.execute("DELETE FROM pool_files WHERE sha256 = ?", (sha,))
+        db.execute("DROP TABLE live")
+        task.log(report.line(dry_run))
+        return report
+
+    return tasks.run(ctx, "gc", [locks.POOL], body, pool=False)
+
+
+def verify(ctx: tasks.Context, *, deep: bool = False) -> list[str]:
+    """Everything wrong with the root: database, pool files of every list, published trees."""
+    from reconciler import treeverify
+    from reconciler.actions.publish import signer_for, _keyring
+    from reconciler.spec import PublishDoc
+
+    db = ctx.connect()
+    problems = [f"state.db: {p}" for p in statedb.integrity_problems(db)]
+    store = Store(db)
+    seen: set[str] = set()
+    for digest in _live_lists(db):
+        for sha, size, path in store.packages.files(store.lists.ids(digest)):
+            if sha in seen:
+                continue
+            seen.add(sha)
+            if not ctx.pool.has(sha, size):
+                problems.append(f"pool: {path} ({sha[:12]}) is missing or has the wrong size")
+            elif deep:
+                from reconciler.pool import file_sha256
+                if file_sha256(ctx.pool.path(sha))[0] != sha:
+                    problems.append(f"pool: {path} ({sha[:12]}) content does not match its SHA-256")
+    for row in store.publishes.list():
+        keyring = None
+        doc = PublishDoc.model_validate({"apiVersion": "reconciler/v1", "kind": "Publish",
+                                         "metadata": {"name": row.name}, "spec": row.spec})
+        try:
+            signer = signer_for(ctx, doc)
+            keyring = _keyring(ctx, signer) if signer else None
+        except Exception as exc:  # a missing key file must not hide the tree check
+            problems.append(f"publish/{row.name}: cannot load the signing key to check signatures: {exc}")
+        found = treeverify.verify_tree(ctx.publish_root, row.prefix, row.distribution, keyring=keyring)
+        problems += [f"publish/{row.name}: {p}" for p in found]
+        release = tree.dist_dir(ctx.publish_root, row.prefix, row.distribution) / "Release"
+        if release.exists() and row.release_sha256:
+            from reconciler.fetch import sha256_bytes
+            if sha256_bytes(release.read_bytes()) != row.release_sha256:
+                problems.append(f"publish/{row.name}: Release on disk differs from the one published (drift)")
+    db.conn.close()
+    return problems
+
+

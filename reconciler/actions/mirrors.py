@@ -1,0 +1,207 @@
+"""Mirror mutations, each a locked task that reloads the mirror fresh inside the lock.
+
+`sync` is create, edit and update in one: the intent is "this mirror, per this spec,
+equals upstream now", and the task re-derives inside the lock what that takes (STYLE
+habit 4). Upstream unchanged, spec content unchanged and the last update complete:
+nothing to do, one request spent. Otherwise it reads the indexes, computes the new
+list, downloads what the pool lacks (each file imported the moment it verifies), and
+switches the list, the spec and the Release digest in one transaction. The Release
+digest is stored only with a completed list, so an interrupted update is never
+mistaken for done (DESIGN rule 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler import locks, tasks, upstream
+from reconciler.errors import InUse, NotFound, PermanentError, Refused
+from reconciler.fetch import Fetcher, Want, join
+from reconciler.spec import MirrorDoc, MirrorSpec
+from reconciler.state.stores import Store, now
+
+# Spec fields whose change alters the package list; the rest only change behaviour.
+CONTENT_FIELDS = ("url", "distribution", "components", "architectures", "filter", "filterWithDeps",
+                  "withSources", "withUdebs")
+
+
+def content(spec: dict) -> dict:
+    return {k: spec.get(k) for k in CONTENT_FIELDS}
+
+
+@dataclass
+class SyncResult:
+    name: str
+    action: str  # created | updated | up-to-date | edited
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    files: int = 0
+    bytes: int = 0
+    packages: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        warn = "".join(f"WARNING: {w}\n" for w in self.warnings)
+        if self.action == "up-to-date":
+            return f"{warn}mirror/{self.name}: up to date ({self.packages} packages)"
+        return (f"{warn}mirror/{self.name}: {self.action} +{self.added} ~{self.changed} -{self.removed}, "
+                f"{self.files} files, {self.bytes / 1e6:.1f} MB ({self.packages} packages)")
+
+
+def diff_counts(old: dict[tuple, set[str]], new: dict[tuple, set[str]]) -> tuple[int, int, int]:
+    """(added, changed, removed) packages between two {(type, name, arch): {keys}} maps.
+
+    A slot (type, name, arch) only in `new` counts its packages as added, only in `old`
+    as removed; a slot in both counts its new package files as changed.
+    """
+    added = sum(len(keys) for slot, keys in new.items() if slot not in old)
+    removed = sum(len(keys) for slot, keys in old.items() if slot not in new)
+    changed = sum(len(keys - old[slot]) for slot, keys in new.items() if slot in old)
+    return added, changed, removed
+
+
+def identity_map(packages) -> dict[tuple, set[str]]:
+    slots: dict[tuple, set[str]] = {}
+    for pkg in packages:
+        slots.setdefault((pkg.type, pkg.name, pkg.arch), set()).add(pkg.key)
+    return slots
+
+
+def stored_identity_map(store: Store, ids) -> dict[tuple, set[str]]:
+    return identity_map(p for _id, p in store.packages.load(ids))
+
+
+def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: bool = False,
+         fetcher: Fetcher | None = None) -> SyncResult:
+    """Create or bring mirror `doc` up to date, as a task on mirror/NAME."""
+    name = doc.metadata.name
+
+    def body(task: tasks.Task) -> SyncResult:
+        own = fetcher or Fetcher(concurrency=doc.spec.downloadConcurrency)
+        try:
+            return _sync(task, doc, owner=owner, force=force, fetcher=own)
+        finally:
+            if fetcher is None:
+                own.close()
+
+    return tasks.run(ctx, f"sync mirror {name}", [locks.mirror(name)], body)
+
+
+def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher: Fetcher) -> SyncResult:
+    name, spec = doc.metadata.name, doc.spec
+    row = task.store.mirrors.get(name)  # fresh, inside the lock
+    wanted = spec.model_dump(mode="json")
+    warnings = []
+    if not spec.verifySignature:
+        warnings.append(f"mirror/{name}: verifySignature is false; the Release signature is NOT checked")
+    release = upstream.read_release(fetcher, spec, workdir=task.ctx.root / "tmp")
+    unchanged = (row is not None and row.update_complete and row.release_sha256 == release.sha256
+                 and content(row.spec) == content(wanted))
+    if unchanged:
+        if row.spec != wanted or row.protect != doc.metadata.protect:
+            with task.transaction() as store:
+                store.mirrors.update(name, spec=wanted, protect=int(doc.metadata.protect))
+        return SyncResult(name, "up-to-date", packages=row.num_packages, warnings=warnings)
+    _check_replay(row, release, force)
+    packages = upstream.read_packages(fetcher, release, spec, cache=task.ctx.root / "cache" / "indexes")
+    with task.transaction() as store:
+        new_ids = store.packages.add(packages)
+    old_ids = task.store.lists.ids(row.list_digest) if row else []
+    old_map, new_map = stored_identity_map(task.store, old_ids), identity_map(packages)
+    added, changed, removed = diff_counts(old_map, new_map)
+    _check_removals(name, spec, len(old_ids), removed, force, content(row.spec) == content(wanted) if row else True)
+    stats = _download(task, fetcher, release, packages)
+    with task.transaction() as store:
+        if store.mirrors.get(name) is None:
+            store.mirrors.create(name, owner=owner, spec=wanted, protect=doc.metadata.protect)
+        digest = store.lists.put(new_ids)
+        store.mirrors.update(
+            name, spec=wanted, protect=int(doc.metadata.protect), list_digest=digest, status="ready",
+            update_complete=1, release_sha256=release.sha256,
+            release_date=release.date.isoformat() if release.date else None,
+            upstream={"components": release.info.components, "architectures": release.info.architectures,
+                      "verified": release.verified},
+            last_update=now(), last_error=None)
+        store.lists.prune()
+    action = "created" if row is None else "updated"
+    result = SyncResult(name, action, added, changed, removed, stats.files, stats.bytes, len(set(new_ids)),
+                        warnings)
+    task.log(result.line())
+    return result
+
+
+def _check_replay(row, release: upstream.Release, force: bool) -> None:
+    if row is None or not row.release_date or release.date is None or force:
+        return
+    from datetime import datetime
+
+    last = datetime.fromisoformat(row.release_date)
+    if release.date < last:
+        raise Refused(f"mirror/{row.name}: upstream Release is dated {release.date.isoformat()}, older than "
+                      f"the last one seen ({last.isoformat()}): a possible replay; pass --force to accept it")
+
+
+def _check_removals(name: str, spec: MirrorSpec, before: int, removed: int, force: bool, same_spec: bool) -> None:
+    """Safety gate: an upstream that suddenly lost most of its packages is not trusted blindly."""
+    if force or not same_spec or before == 0:
+        return
+    share = 100.0 * removed / before
+    if share > spec.maxRemovalPercent:
+        raise Refused(f"mirror/{name}: the update would remove {removed} of {before} packages ({share:.0f}%), "
+                      f"more than maxRemovalPercent {spec.maxRemovalPercent:g}%; the mirror keeps its list. "
+                      "Pass --force if upstream really shrank")
+
+
+def _download(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, packages) -> object:
+    wants = {}
+    for pkg in packages:
+        for f in pkg.files:
+            wants.setdefault(f.sha256, Want(join(release.root, f.path), f.path, f.size, f.sha256))
+    store = task.store
+    stats = fetcher.download(wants.values(), task.pool,
+                             on_imported=lambda w: store.record_pool_file(w.sha256, w.size))
+    if stats.failed:
+        shown = "; ".join(stats.failed[:10])
+        more = f" (and {len(stats.failed) - 10} more)" if len(stats.failed) > 10 else ""
+        raise PermanentError(f"{len(stats.failed)} file(s) failed, the mirror keeps its previous list: {shown}{more}")
+    return stats
+
+
+def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool = False) -> str:
+    """Drop mirror NAME unless snapshots were taken from it (or `force`) or it is protected."""
+
+    def body(task: tasks.Task) -> str:
+        with task.transaction() as store:
+            row = store.mirrors.get(name)
+            if row is None:
+                if missing_ok:
+                    return f"mirror/{name}: already gone"
+                raise NotFound(f"mirror {name!r} does not exist")
+            if row.protect:
+                raise Refused(f"mirror/{name} is protected (metadata.protect: true); remove the flag to drop it")
+            users = store.mirrors.users(name)
+            if users and not force:
+                raise InUse(f"mirror/{name}", [f"snapshot/{u}" for u in users])
+            store.mirrors.delete(name)
+            store.lists.prune()
+        message = f"mirror/{name}: dropped" + (f" (snapshots {', '.join(users)} keep their packages)" if users else "")
+        task.log(message)
+        return message
+
+    return tasks.run(ctx, f"drop mirror {name}", [locks.mirror(name)], body)
+
+
+def rename(ctx: tasks.Context, old: str, new: str) -> str:
+    """Rename in place, no download; checked inside the lock on both names."""
+
+    def body(task: tasks.Task) -> str:
+        with task.transaction() as store:
+            if store.mirrors.get(old) is None:
+                raise NotFound(f"mirror {old!r} does not exist (rename to {new!r})")
+            if store.mirrors.get(new) is not None:
+                raise Refused(f"cannot rename mirror/{old} to {new!r}: that name is taken")
+            store.mirrors.rename(old, new)
+        return f"mirror/{old}: renamed to {new}"
+
+    return tasks.run(ctx, f"rename mirror {old} -> {new}", [locks.mirror(old), locks.mirror(new)], body)

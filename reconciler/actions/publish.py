@@ -1,0 +1,165 @@
+"""Publish mutations: write or switch a signed APT tree, drop one. Each a locked task.
+
+A publish task locks its distribution, the prefix (distributions under one prefix share
+`pool/`, so cleaning it must not race another distribution linking a file), and every
+snapshot it points at (so none can be dropped while it is being published). Inside the
+lock it reloads the snapshots, computes the inputs digest (spec + snapshot contents), and
+does nothing when the tree already reflects exactly those inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pathlib import Path
+
+from reconciler import gpg, locks, tasks, tree
+from reconciler.debian.package import Package
+from reconciler.errors import NotFound, PermanentError, Refused
+from reconciler.plan import resolve_sources
+from reconciler.spec import PublishDoc, parse_duration
+from reconciler.state.stores import Store
+
+
+def inputs_digest(spec: dict, digests: dict[str, str]) -> str:
+    body = {k: v for k, v in spec.items() if k != "signing"}
+    body["signing"] = {k: v for k, v in spec["signing"].items() if k != "passphraseFile"}
+    body["lists"] = digests
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _keys(doc: PublishDoc, sources: dict[str, str]) -> list[str]:
+    spec = doc.spec
+    keys = [locks.publish(spec.prefix, spec.distribution), locks.prefix(spec.prefix)]
+    return keys + [locks.snapshot(s) for s in sources.values()]
+
+
+def signer_for(ctx: tasks.Context, doc: PublishDoc) -> gpg.Signer | None:
+    signing = doc.spec.signing
+    if signing.skip:
+        return None
+    passphrase = Path(signing.passphraseFile) if signing.passphraseFile else None
+    if signing.keyFile:
+        return gpg.Signer(key_file=Path(signing.keyFile), gnupghome=ctx.gnupghome, passphrase_file=passphrase)
+    return gpg.Signer(key=signing.key, passphrase_file=passphrase)
+
+
+def load_components(store: Store, sources: dict[str, str]) -> dict[str, list[Package]]:
+    out = {}
+    for comp, snap in sources.items():
+        row = store.snapshots.get(snap)
+        if row is None:
+            raise NotFound(f"snapshot {snap!r} (component {comp}) does not exist")
+        out[comp] = [p for _id, p in store.packages.load(store.lists.ids(row.list_digest))]
+    return out
+
+
+def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> str:
+    name, spec = doc.metadata.name, doc.spec
+    sources = resolve_sources(doc, {r.name: r for r in ctx.store().snapshots.list()})
+
+    def body(task: tasks.Task) -> str:
+        store = task.store
+        fresh = resolve_sources(doc, {r.name: r for r in store.snapshots.list()})
+        if fresh != sources:
+            raise Refused(f"publish/{name}: the series it follows moved while waiting for the lock; run again")
+        other = store.publishes.at(spec.prefix, spec.distribution)
+        if other is not None and other.name != name:
+            raise Refused(f"publish/{name}: {spec.key} is already published by {other.name!r}")
+        rows = {c: store.snapshots.get(s) for c, s in sources.items()}
+        missing = [f"{c}={s}" for c, s in sources.items() if rows[c] is None]
+        if missing:
+            raise NotFound(f"publish/{name}: snapshots do not exist: {', '.join(missing)}")
+        wanted = spec.model_dump(mode="json")
+        digest = inputs_digest(wanted, {c: r.list_digest for c, r in rows.items()})
+        current = store.publishes.get(name)
+        target = tree.dist_dir(ctx.publish_root, spec.prefix, spec.distribution)
+        if current and current.inputs_digest == digest and (target / "Release").exists():
+            return f"publish/{name}: up to date"
+        result = _write(task, doc, sources, current)
+        with task.transaction() as tx:
+            tx.publishes.save(name, owner=owner, prefix=spec.prefix, distribution=spec.distribution, spec=wanted,
+                              protect=doc.metadata.protect, sources=sources, inputs_digest=digest,
+                              release_sha256=result.release_sha256)
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.counts.items()))
+        message = f"publish/{name}: {'switched' if current else 'published'} {spec.key} ({counts})"
+        task.log(message)
+        return message
+
+    return tasks.run(ctx, f"publish {name}", _keys(doc, sources), body)
+
+
+def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) -> tree.TreeResult:
+    ctx, spec = task.ctx, doc.spec
+    components = load_components(task.store, sources)
+    archs = spec.architectures or sorted({p.arch for pkgs in components.values() for p in pkgs
+                                          if p.arch not in ("all", "source")})
+    request = tree.TreeRequest(
+        publish_root=ctx.publish_root, prefix=spec.prefix, distribution=spec.distribution,
+        components=components, architectures=archs or ["amd64"], origin=spec.origin, label=spec.label,
+        suite=spec.suite, codename=spec.codename,
+        valid_for=parse_duration(spec.validFor) if spec.validFor else None,
+        acquire_by_hash=spec.acquireByHash, description=spec.description)
+    signer = signer_for(ctx, doc)
+    try:
+        result = tree.publish_tree(request, ctx.pool, signer)
+        keyring = _keyring(ctx, signer)
+    finally:
+        if signer:
+            signer.close()
+    from reconciler import treeverify
+
+    problems = treeverify.verify_tree(ctx.publish_root, spec.prefix, spec.distribution, keyring=keyring)
+    if problems:
+        raise PermanentError(f"publish/{doc.metadata.name}: the written tree does not verify: " + "; ".join(problems[:5]))
+    if current and (current.prefix, current.distribution) != (spec.prefix, spec.distribution):
+        tree.remove_tree(ctx.publish_root, current.prefix, current.distribution)
+    _cleanup(task, spec.prefix, doc.metadata.name, tree.referenced_paths(components))
+    return result
+
+
+def _keyring(ctx: tasks.Context, signer: gpg.Signer | None) -> Path | None:
+    if signer is None:
+        return None
+    path = ctx.root / "tmp" / f"publish-{signer.key}.gpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(signer.public_keyring())
+    return path
+
+
+def _cleanup(task: tasks.Task, prefix: str, name: str, mine: set[str]) -> None:
+    """Remove pool files under the prefix that no publish there uses any more."""
+    keep = set(mine)
+    for row in task.store.publishes.under_prefix(prefix):
+        if row.name != name:
+            keep |= tree.referenced_paths(load_components(task.store, row.sources))
+    tree.cleanup_pool(task.ctx.publish_root, prefix, keep)
+
+
+def drop(ctx: tasks.Context, name: str, *, missing_ok: bool = False) -> str:
+    row = ctx.store().publishes.get(name)
+    if row is None:
+        if missing_ok:
+            return f"publish/{name}: already gone"
+        raise NotFound(f"publish {name!r} does not exist")
+    keys = [locks.publish(row.prefix, row.distribution), locks.prefix(row.prefix)]
+
+    def body(task: tasks.Task) -> str:
+        fresh = task.store.publishes.get(name)
+        if fresh is None:
+            return f"publish/{name}: already gone"
+        if fresh.protect:
+            raise Refused(f"publish/{name} is protected (metadata.protect: true); remove the flag to drop it")
+        if (fresh.prefix, fresh.distribution) != (row.prefix, row.distribution):
+            raise Refused(f"publish/{name} moved while waiting for the lock; run again")
+        tree.remove_tree(ctx.publish_root, fresh.prefix, fresh.distribution)
+        with task.transaction() as tx:
+            tx.publishes.delete(name)
+        _cleanup(task, fresh.prefix, name, set())
+        task.log(f"publish/{name}: dropped {fresh.prefix}/{fresh.distribution}")
+        return f"publish/{name}: dropped"
+
+    return tasks.run(ctx, f"drop publish {name}", keys, body)
+
+

@@ -1,0 +1,134 @@
+"""Snapshot mutations: create (from a mirror, or merged), drop, rename. Each a locked task.
+
+Creating a snapshot from a mirror locks the mirror as well as the new name, so a drop of
+that mirror cannot interleave: either the drop runs first and the create finds no mirror,
+or the create runs first and the drop finds a user (STYLE habit 3). A merge locks its
+source snapshots so none of them can be dropped half-way.
+"""
+
+from __future__ import annotations
+
+from reconciler import locks, tasks, upstream
+from reconciler.debian.package import Package
+from reconciler.debian.query import version_key
+from reconciler.errors import InUse, NotFound, Refused
+from reconciler.plan import SNAPSHOT_CONTENT
+from reconciler.spec import SnapshotDoc
+from reconciler.state.stores import Store
+
+
+def _content(spec: dict) -> dict:
+    return {k: spec.get(k) for k in SNAPSHOT_CONTENT}
+
+
+def create(ctx: tasks.Context, doc: SnapshotDoc, *, owner: str = "default", name: str | None = None,
+           series: str | None = None) -> str:
+    """Create snapshot `name` (default the doc's name); an identical existing one is a no-op."""
+    name = name or doc.metadata.name
+    spec = doc.spec
+    keys = [locks.snapshot(name)]
+    keys += [locks.mirror(spec.mirror)] if spec.mirror else [locks.snapshot(s) for s in spec.snapshots]
+
+    def body(task: tasks.Task) -> str:
+        store = task.store
+        wanted = spec.model_dump(mode="json")
+        existing = store.snapshots.get(name)  # fresh, inside the lock
+        if existing is not None:
+            if _content(existing.spec) == _content(wanted):
+                return f"snapshot/{name}: exists ({existing.num_packages} packages)"
+            raise Refused(f"snapshot/{name} exists with different content; snapshots are immutable: "
+                          f"give the new content a new name (or --replace {name})")
+        ids = _mirror_ids(store, spec.mirror) if spec.mirror else _merge_ids(store, spec.snapshots, spec.latest)
+        if spec.filter:
+            ids = _filter(store, ids, spec.filter, spec.filterWithDeps)
+        with task.transaction() as tx:
+            digest = tx.lists.put(ids)
+            tx.snapshots.create(name, owner=owner, spec=wanted, protect=doc.metadata.protect, list_digest=digest,
+                                source_mirror=spec.mirror, source_snapshots=spec.snapshots or [], series=series)
+        message = f"snapshot/{name}: created, {len(set(ids))} packages, digest {digest[:12]}"
+        task.log(message)
+        return message
+
+    return tasks.run(ctx, f"create snapshot {name}", keys, body)
+
+
+def _mirror_ids(store: Store, mirror: str) -> list[int]:
+    row = store.mirrors.get(mirror)
+    if row is None:
+        raise NotFound(f"mirror {mirror!r} does not exist (was it dropped?)")
+    if not row.update_complete:
+        raise Refused(f"mirror/{mirror} has no completed update yet; a snapshot of it would be partial")
+    return list(store.lists.ids(row.list_digest))
+
+
+def _merge_ids(store: Store, sources: list[str], latest: bool) -> list[int]:
+    """Later sources win per (type, name, arch); with `latest` the highest version wins."""
+    chosen: dict[tuple, tuple[int, Package]] = {}
+    for src in sources:
+        row = store.snapshots.get(src)
+        if row is None:
+            raise NotFound(f"snapshot {src!r} does not exist")
+        for pid, pkg in store.packages.load(store.lists.ids(row.list_digest)):
+            slot = (pkg.type, pkg.name, pkg.arch)
+            have = chosen.get(slot)
+            if latest and have and version_key(have[1].version) > version_key(pkg.version):
+                continue
+            chosen[slot] = (pid, pkg)
+    return [pid for pid, _ in chosen.values()]
+
+
+def _filter(store: Store, ids: list[int], text: str, with_deps: bool) -> list[int]:
+    loaded = list(store.packages.load(ids))
+    by_key = {pkg.key: pid for pid, pkg in loaded}
+    archs = sorted({p.arch for _, p in loaded if p.arch not in ("all", "source")})
+    chosen = upstream.select([p for _, p in loaded], text, with_deps, archs)
+    return [by_key[p.key] for p in chosen]
+
+
+def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool = False) -> str:
+    def body(task: tasks.Task) -> str:
+        with task.transaction() as store:
+            row = store.snapshots.get(name)
+            if row is None:
+                if missing_ok:
+                    return f"snapshot/{name}: already gone"
+                raise NotFound(f"snapshot {name!r} does not exist")
+            if row.protect:
+                raise Refused(f"snapshot/{name} is protected (metadata.protect: true); remove the flag to drop it")
+            users = store.snapshots.users(name)
+            if users and not force:
+                raise InUse(f"snapshot/{name}", [f"publish/{u}" for u in users])
+            store.snapshots.delete(name)
+            store.lists.prune()
+        task.log(f"snapshot/{name}: dropped")
+        return f"snapshot/{name}: dropped"
+
+    return tasks.run(ctx, f"drop snapshot {name}", [locks.snapshot(name)], body)
+
+
+def rename(ctx: tasks.Context, old: str, new: str) -> str:
+    def body(task: tasks.Task) -> str:
+        with task.transaction() as store:
+            if store.snapshots.get(old) is None:
+                raise NotFound(f"snapshot {old!r} does not exist (rename to {new!r})")
+            if store.snapshots.get(new) is not None:
+                raise Refused(f"cannot rename snapshot/{old} to {new!r}: that name is taken")
+            store.snapshots.rename(old, new)
+        return f"snapshot/{old}: renamed to {new}"
+
+    return tasks.run(ctx, f"rename snapshot {old} -> {new}", [locks.snapshot(old), locks.snapshot(new)], body)
+
+
+def diff(store: Store, a: str, b: str) -> dict[str, list]:
+    """Packages added, removed and changed (version) from snapshot A to snapshot B."""
+    maps = []
+    for name in (a, b):
+        row = store.snapshots.get(name)
+        if row is None:
+            raise NotFound(f"snapshot {name!r} does not exist")
+        maps.append({(p.type, p.name, p.arch): p for _id, p in store.packages.load(store.lists.ids(row.list_digest))})
+    old, new = maps
+    added = sorted(new[k].ref for k in new.keys() - old.keys())
+    removed = sorted(old[k].ref for k in old.keys() - new.keys())
+    changed = sorted([old[k].ref, new[k].ref] for k in old.keys() & new.keys() if old[k].key != new[k].key)
+    return {"added": added, "removed": removed, "changed": changed}

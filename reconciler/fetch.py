@@ -1,0 +1,189 @@
+"""The one download path: every byte from an upstream archive comes through here.
+
+- `get` reads small metadata (Release, indexes) whole, from http(s) or file URLs.
+- `download` fetches package files concurrently into the pool. Each file is streamed
+  into a stable partial path (`pool/tmp/<sha256>.part`), hashed as it arrives, and the
+  moment it is complete and matches the size and SHA-256 the signed index gave, it is
+  moved into the pool and reported through `on_imported`, which records it in the
+  database. A run killed half-way therefore loses at most the files in flight, and a
+  partial file is continued with an HTTP Range request on the next run.
+
+Connection errors, timeouts and 5xx are retried with exponential backoff; a 404 fails
+that file at once; a checksum mismatch deletes the partial file and names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from reconciler.errors import PermanentError, TemporaryError, VerifyError
+from reconciler.pool import CHUNK, LocalPackagePool
+
+USER_AGENT = "reconciler/0.1"
+
+
+@dataclass(frozen=True)
+class Want:
+    """A file to have in the pool: where to get it and what it must be."""
+
+    url: str
+    path: str  # as the index names it, for messages
+    size: int
+    sha256: str
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, nbytes: int) -> None:
+        with self.lock:
+            self.files += 1
+            self.bytes += nbytes
+
+
+def join(base: str, path: str) -> str:
+    return base.rstrip("/") + "/" + urllib.parse.quote(path.lstrip("/"), safe="/~+:@")
+
+
+class Fetcher:
+    def __init__(self, *, concurrency: int = 4, retries: int = 4, timeout: float = 60.0,
+                 backoff: float = 0.5, progress: Callable[[int], None] | None = None):
+        self.concurrency = concurrency
+        self.retries = retries
+        self.backoff = backoff
+        self.progress = progress
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
+                                   follow_redirects=True, headers={"User-Agent": USER_AGENT},
+                                   limits=httpx.Limits(max_connections=concurrency + 2))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- small files ---------------------------------------------------------------
+
+    def get(self, url: str, *, missing_ok: bool = False) -> bytes | None:
+        """The whole body of `url`; None for a missing file when `missing_ok`."""
+        if url.startswith("file:"):
+            path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                if missing_ok:
+                    return None
+                raise PermanentError(f"{url}: not found") from None
+        response = self._retrying(lambda: self._get(url, missing_ok))
+        return response
+
+    def _get(self, url: str, missing_ok: bool) -> bytes | None:
+        response = self.client.get(url)
+        if response.status_code == 404 and missing_ok:
+            return None
+        self._raise_for(url, response.status_code)
+        return response.content
+
+    @staticmethod
+    def _raise_for(url: str, status: int) -> None:
+        if status >= 500 or status == 429:
+            raise TemporaryError(f"{url}: HTTP {status}")
+        if status >= 400:
+            raise PermanentError(f"{url}: HTTP {status}")
+
+    def _retrying(self, call):
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except (httpx.TransportError, TemporaryError) as exc:
+                if attempt == self.retries:
+                    if isinstance(exc, TemporaryError):
+                        raise
+                    raise TemporaryError(f"{exc.request.url if hasattr(exc, 'request') else ''}: {exc!r}") from exc
+                time.sleep(self.backoff * (2 ** attempt))
+        raise AssertionError("unreachable")
+
+    # -- package files -------------------------------------------------------------
+
+    def download(self, wants: Iterable[Want], pool: LocalPackagePool, *,
+                 on_imported: Callable[[Want], None]) -> Stats:
+        """Bring every wanted file into the pool; report failures together at the end."""
+        stats = Stats()
+        todo = []
+        for want in wants:
+            if pool.has(want.sha256, want.size):
+                stats.skipped += 1
+                on_imported(want)
+            else:
+                todo.append(want)
+        errors: list[str] = []
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as ex:
+            futures = {ex.submit(self._one, want, pool): want for want in todo}
+            for future in as_completed(futures):
+                want = futures[future]
+                try:
+                    stats.add(future.result())
+                    on_imported(want)
+                except (PermanentError, TemporaryError) as exc:
+                    errors.append(str(exc))
+        stats.failed = sorted(errors)
+        return stats
+
+    def _one(self, want: Want, pool: LocalPackagePool) -> int:
+        part = pool.temp_path(want.sha256 + ".part")
+        if want.url.startswith("file:"):
+            src = Path(urllib.parse.unquote(urllib.parse.urlparse(want.url).path))
+            if not src.exists():
+                raise PermanentError(f"{want.path}: not found at {want.url}")
+            shutil.copyfile(src, part)
+        else:
+            self._retrying(lambda: self._stream(want, part))
+        try:
+            pool.import_file(part, sha256=want.sha256, size=want.size, move=True)
+        except VerifyError as exc:
+            part.unlink(missing_ok=True)
+            raise VerifyError(f"{want.path}: checksum mismatch, not imported ({exc})") from None
+        return want.size
+
+    def _stream(self, want: Want, part: Path) -> None:
+        """Download into `part`, continuing a partial file with a Range request."""
+        have = part.stat().st_size if part.exists() else 0
+        if have >= want.size:
+            part.unlink()
+            have = 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with self.client.stream("GET", want.url, headers=headers) as response:
+            if response.status_code == 404:
+                raise PermanentError(f"{want.path}: HTTP 404 at {want.url}")
+            self._raise_for(want.url, response.status_code)
+            mode = "ab" if have and response.status_code == 206 else "wb"
+            with open(part, mode) as fh:
+                for chunk in response.iter_bytes(CHUNK):
+                    fh.write(chunk)
+                    if self.progress:
+                        self.progress(len(chunk))
+        got = part.stat().st_size
+        if got < want.size:
+            raise TemporaryError(f"{want.path}: truncated download ({got} of {want.size} bytes)")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

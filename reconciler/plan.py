@@ -1,0 +1,252 @@
+"""The planner: desired × observed → ordered changes. A pure function: no I/O.
+
+`plan(specs, observed, ...)` returns a `Plan` of typed `Change`s in the order apply runs
+them: renames, then mirrors, snapshots and publishes (creates and updates, in
+dependency order), then drops in reverse (publishes, snapshots, mirrors), so the users
+of an object always go before it. A change with `op == "error"` makes the plan
+unappliable; apply changes nothing and reports every error.
+
+Whatever needs I/O (what upstream looks like now, what a publish switch changes package
+by package) is gathered by the caller into `Observed` and `Change.detail`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from reconciler.loader import Specs
+from reconciler.state.stores import MirrorRow, PublishRow, SnapshotRow
+
+MIRROR_CONTENT = ("url", "distribution", "components", "architectures", "filter", "filterWithDeps",
+                  "withSources", "withUdebs")
+SNAPSHOT_CONTENT = ("mirror", "snapshots", "filter", "filterWithDeps", "latest")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What upstream looks like now compared with a mirror's list (gathered by the caller)."""
+
+    changed: bool
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    packages: int = 0
+    download_bytes: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Observed:
+    mirrors: dict[str, MirrorRow] = field(default_factory=dict)
+    snapshots: dict[str, SnapshotRow] = field(default_factory=dict)
+    publishes: dict[str, PublishRow] = field(default_factory=dict)
+    probes: dict[str, Probe] = field(default_factory=dict)
+
+
+@dataclass
+class Change:
+    op: str  # create | update | edit | rename | replace | switch | drop | noop | unmanaged | error
+    kind: str  # Mirror | Snapshot | Publish
+    name: str
+    reason: str = ""
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def changes_anything(self) -> bool:
+        return self.op not in ("noop", "unmanaged")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        sign = {"create": "+", "drop": "-", "error": "!", "noop": "=", "unmanaged": "?", "rename": ">",
+                "replace": "±"}.get(self.op, "~")
+        line = f"{sign} {self.op:<9} {self.kind.lower()}/{self.name}"
+        return f"{line}: {self.reason}" if self.reason else line
+
+
+@dataclass
+class Plan:
+    changes: list[Change]
+
+    @property
+    def errors(self) -> list[Change]:
+        return [c for c in self.changes if c.op == "error"]
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.changes_anything for c in self.changes)
+
+    def to_json(self) -> dict:
+        counts: dict[str, int] = {}
+        for c in self.changes:
+            counts[c.op] = counts.get(c.op, 0) + 1
+        return {"changes": [c.to_json() for c in self.changes], "summary": counts,
+                "hasChanges": self.has_changes, "errors": len(self.errors)}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+
+@dataclass(frozen=True)
+class Options:
+    owner: str = "default"
+    force: bool = False
+    replace: frozenset[str] = frozenset()
+
+
+def _pick(spec: dict, fields: tuple[str, ...]) -> dict:
+    return {k: spec.get(k) for k in fields}
+
+
+def _diff_fields(before: dict, after: dict) -> list[str]:
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+
+
+def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan:
+    renames, mirrors_up, snaps_up, pubs_up = [], [], [], []
+    mirror_rows = dict(observed.mirrors)
+    snapshot_rows = dict(observed.snapshots)
+    for kind, declared, rows, out in (("Mirror", specs.mirrors, mirror_rows, renames),
+                                      ("Snapshot", specs.snapshots, snapshot_rows, renames)):
+        out.extend(_renames(kind, declared, rows))
+    for name, doc in specs.mirrors.items():
+        mirrors_up.append(_mirror(name, doc, mirror_rows.get(name), observed.probes.get(name)))
+    dropped_snapshots = _own_undeclared(snapshot_rows, specs.snapshots, options.owner)
+    for name, doc in specs.snapshots.items():
+        snaps_up.extend(_snapshot(name, doc, snapshot_rows.get(name), specs, mirror_rows, options))
+    for name, doc in specs.publishes.items():
+        pubs_up.append(_publish(name, doc, observed.publishes.get(name), snapshot_rows, snaps_up))
+    drops = _drops(specs, observed, mirror_rows, snapshot_rows, dropped_snapshots, options)
+    return Plan(renames + mirrors_up + snaps_up + pubs_up + drops)
+
+
+def _renames(kind: str, declared: dict, rows: dict) -> list[Change]:
+    """`metadata.renamedFrom`: rename in place; later steps see the row under its new name."""
+    out = []
+    for name, doc in declared.items():
+        old = doc.metadata.renamedFrom
+        if not old or name in rows or old not in rows:
+            continue
+        rows[name] = rows.pop(old)
+        out.append(Change("rename", kind, name, f"renamed from {old}", {"from": old}))
+    return out
+
+
+def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None) -> Change:
+    wanted = doc.spec.model_dump(mode="json")
+    counts = {}
+    if probe is not None:
+        if probe.error:
+            return Change("error", "Mirror", name, f"cannot read upstream: {probe.error}")
+        counts = {"added": probe.added, "changed": probe.updated, "removed": probe.removed,
+                  "packages": probe.packages, "downloadBytes": probe.download_bytes}
+    if row is None:
+        reason = f"{doc.spec.url} {doc.spec.distribution}"
+        if counts:
+            reason += f": {counts['packages']} packages, {counts['downloadBytes'] / 1e6:.1f} MB to download"
+        return Change("create", "Mirror", name, reason, counts)
+    edited = _diff_fields(row.spec, wanted)
+    if row.protect != doc.metadata.protect:
+        edited.append("metadata.protect")
+    upstream_changed = probe.changed if probe else None
+    if edited:
+        reason = "edit " + ", ".join(edited)
+        if counts and (counts["added"] or counts["changed"] or counts["removed"]):
+            reason += f"; +{counts['added']} ~{counts['changed']} -{counts['removed']}"
+        return Change("edit", "Mirror", name, reason, {"fields": edited, **counts})
+    if upstream_changed or not row.update_complete:
+        why = "previous update did not complete" if not row.update_complete else "upstream changed"
+        reason = why + (f": +{counts['added']} ~{counts['changed']} -{counts['removed']}, "
+                        f"{counts['downloadBytes'] / 1e6:.1f} MB" if counts else "")
+        return Change("update", "Mirror", name, reason, counts)
+    if probe is None:
+        return Change("update", "Mirror", name, "check upstream", {})
+    return Change("noop", "Mirror", name, f"up to date ({row.num_packages} packages)")
+
+
+def _snapshot(name: str, doc, row: SnapshotRow | None, specs: Specs, mirrors: dict, options: Options) -> list[Change]:
+    wanted = _pick(doc.spec.model_dump(mode="json"), SNAPSHOT_CONTENT)
+    source = f"mirror {doc.spec.mirror}" if doc.spec.mirror else f"merge of {', '.join(doc.spec.snapshots)}"
+    if row is None:
+        if doc.spec.mirror and doc.spec.mirror not in specs.mirrors and doc.spec.mirror not in mirrors:
+            return [Change("error", "Snapshot", name, f"mirror {doc.spec.mirror!r} is neither declared nor existing")]
+        return [Change("create", "Snapshot", name, f"from {source}", {"source": source})]
+    if _pick(row.spec, SNAPSHOT_CONTENT) == wanted:
+        return [Change("noop", "Snapshot", name, f"exists ({row.num_packages} packages)")]
+    fields = _diff_fields(_pick(row.spec, SNAPSHOT_CONTENT), wanted)
+    if name in options.replace:
+        return [Change("replace", "Snapshot", name, f"drop and recreate ({', '.join(fields)} changed)",
+                       {"fields": fields})]
+    return [Change("error", "Snapshot", name,
+                   f"snapshots are immutable and the spec changed ({', '.join(fields)}): give the new content "
+                   f"a new name, or pass --replace {name}")]
+
+
+def resolve_sources(doc, snapshots: dict) -> dict[str, str]:
+    """component → snapshot name, with SERIES@latest resolved to the newest member."""
+    out = {}
+    for comp, ref in doc.spec.components.items():
+        if ref.endswith("@latest"):
+            series = ref.removesuffix("@latest")
+            members = sorted(n for n, r in snapshots.items() if getattr(r, "series", None) == series)
+            out[comp] = members[-1] if members else ref
+        else:
+            out[comp] = ref
+    return out
+
+
+def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_changes: list[Change]) -> Change:
+    sources = resolve_sources(doc, snapshots)
+    remade = {c.name for c in snap_changes if c.op in ("create", "replace")}
+    where = f"{doc.spec.prefix}/{doc.spec.distribution}"
+    comps = ", ".join(f"{c}={s}" for c, s in sources.items())
+    if row is None:
+        return Change("create", "Publish", name, f"{where}: {comps}", {"sources": sources})
+    switched = {c: s for c, s in sources.items() if row.sources.get(c) != s or s in remade}
+    fields = _diff_fields({k: v for k, v in row.spec.items() if k != "components"},
+                          {k: v for k, v in doc.spec.model_dump(mode="json").items() if k != "components"})
+    if switched or fields or set(row.sources) != set(sources):
+        reason = f"{where}: " + (", ".join(f"{c}: {row.sources.get(c, '-')} -> {s}" for c, s in switched.items())
+                                 or "edit " + ", ".join(fields))
+        return Change("switch" if switched else "update", "Publish", name, reason,
+                      {"sources": sources, "before": row.sources, "fields": fields})
+    return Change("noop", "Publish", name, f"{where}: up to date")
+
+
+def _own_undeclared(rows: dict, declared: dict, owner: str) -> set[str]:
+    return {n for n, r in rows.items() if n not in declared and r.owner == owner}
+
+
+def _drops(specs: Specs, observed: Observed, mirrors: dict, snapshots: dict, dropped_snaps: set[str],
+           options: Options) -> list[Change]:
+    out: list[Change] = []
+    declared_pub_snaps = {s for d in specs.publishes.values() for s in resolve_sources(d, snapshots).values()}
+    kept_pubs = {n: r for n, r in observed.publishes.items() if n in specs.publishes or r.owner != options.owner}
+    for name, row in sorted(observed.publishes.items()):
+        if name not in specs.publishes:
+            out.append(_drop("Publish", name, row, options, []))
+    for name in sorted(dropped_snaps):
+        users = sorted(f"publish/{n}" for n, r in kept_pubs.items()
+                       if name in r.sources.values() and n not in specs.publishes)
+        if name in declared_pub_snaps:
+            users.append("a declared publish")
+        out.append(_drop("Snapshot", name, snapshots[name], options, users))
+    remaining = {n: r for n, r in snapshots.items() if n not in dropped_snaps}
+    for name in sorted(set(mirrors) - set(specs.mirrors)):
+        users = sorted(f"snapshot/{n}" for n, r in remaining.items() if r.source_mirror == name)
+        out.append(_drop("Mirror", name, mirrors[name], options, users))
+    return out
+
+
+def _drop(kind: str, name: str, row, options: Options, users: list[str]) -> Change:
+    if row.owner != options.owner:
+        return Change("unmanaged", kind, name, f"not managed by owner {options.owner!r} (owner {row.owner!r})")
+    if row.protect:
+        return Change("error", kind, name, "no longer declared but protected (metadata.protect: true); "
+                                           "declare it again, or remove the flag first")
+    if users and not options.force:
+        return Change("error", kind, name, f"no longer declared but in use by {', '.join(users)}; "
+                                           "drop those first or pass --force")
+    return Change("drop", kind, name, "no longer declared" + (f" (forced; used by {', '.join(users)})" if users else ""))

@@ -1,0 +1,136 @@
+"""load → observe → plan → run each change as a locked task → report.
+
+The CLI (`plan`, `apply`), `watch` and `serve` all come through here, so there is one
+reconcile loop. Apply does not replay the plan's findings: each action is a task that
+re-derives inside its lock what is still to do (STYLE habit 4); the plan only fixes the
+order and refuses up front what must not start (errors, in-use drops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler import plan as planner
+from reconciler import tasks, upstream
+from reconciler.actions import mirrors, publish, snapshots
+from reconciler.errors import ReconcilerError, Refused
+from reconciler.fetch import Fetcher
+from reconciler.loader import Specs
+from reconciler.state.stores import Store
+
+
+def observe(store: Store) -> planner.Observed:
+    return planner.Observed(
+        mirrors={r.name: r for r in store.mirrors.list()},
+        snapshots={r.name: r for r in store.snapshots.list()},
+        publishes={r.name: r for r in store.publishes.list()},
+    )
+
+
+def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed) -> dict[str, planner.Probe]:
+    """Read each mirror's upstream (Release, and indexes when it changed); download no package."""
+    store = ctx.store()
+    out = {}
+    with Fetcher() as fetcher:
+        for name, doc in specs.mirrors.items():
+            row = observed.mirrors.get(name) or observed.mirrors.get(doc.metadata.renamedFrom or "")
+            try:
+                out[name] = _probe_one(ctx, store, fetcher, doc, row)
+            except ReconcilerError as exc:
+                out[name] = planner.Probe(changed=True, error=str(exc))
+    return out
+
+
+def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> planner.Probe:
+    release = upstream.read_release(fetcher, doc.spec, workdir=ctx.root / "tmp")
+    wanted = doc.spec.model_dump(mode="json")
+    if (row is not None and row.update_complete and row.release_sha256 == release.sha256
+            and mirrors.content(row.spec) == mirrors.content(wanted)):
+        return planner.Probe(changed=False, packages=row.num_packages)
+    packages = upstream.read_packages(fetcher, release, doc.spec, cache=ctx.root / "cache" / "indexes")
+    old = mirrors.stored_identity_map(store, store.lists.ids(row.list_digest)) if row else {}
+    new = mirrors.identity_map(packages)
+    added, changed, removed = mirrors.diff_counts(old, new)
+    sizes = {f.sha256: f.size for p in packages for f in p.files}
+    download = sum(size for sha, size in sizes.items() if not ctx.pool.has(sha, size))
+    return planner.Probe(changed=True, added=added, updated=changed, removed=removed,
+                         packages=len(packages), download_bytes=download)
+
+
+def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, with_probe: bool = True) -> planner.Plan:
+    observed = observe(ctx.store())
+    if with_probe:
+        observed.probes = probe(ctx, specs, observed)
+    return planner.plan(specs, observed, options)
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=print) -> Report:
+    """Make the state match the specs. Refuses before touching anything when the plan has errors."""
+    the_plan = make_plan(ctx, specs, options, with_probe=False)
+    if the_plan.errors:
+        raise Refused("the plan has errors; nothing was changed:\n" + "\n".join(c.text() for c in the_plan.errors))
+    report = Report()
+    failed: set[str] = set()
+    for change in the_plan.changes:
+        blocker = _blocked(change, specs, failed)
+        if blocker:
+            report.failures.append(f"{change.kind.lower()}/{change.name}: skipped, {blocker} failed")
+            failed.add(f"{change.kind}/{change.name}")
+            echo(report.failures[-1])
+            continue
+        try:
+            line = _run(ctx, specs, change, options)
+        except ReconcilerError as exc:
+            failed.add(f"{change.kind}/{change.name}")
+            report.failures.append(f"{change.kind.lower()}/{change.name}: {exc}")
+            echo(f"FAILED {report.failures[-1]}")
+            continue
+        if line:
+            report.lines.append(line)
+            echo(line)
+    return report
+
+
+def _blocked(change: planner.Change, specs: Specs, failed: set[str]) -> str | None:
+    if change.kind == "Snapshot" and change.name in specs.snapshots:
+        spec = specs.snapshots[change.name].spec
+        deps = [f"Mirror/{spec.mirror}"] if spec.mirror else [f"Snapshot/{s}" for s in spec.snapshots]
+    elif change.kind == "Publish" and change.name in specs.publishes:
+        deps = [f"Snapshot/{s.removesuffix('@latest')}" for s in specs.publishes[change.name].spec.components.values()]
+    else:
+        return None
+    return next((d.lower() for d in deps if d in failed), None)
+
+
+def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: planner.Options) -> str | None:
+    op, kind, name = change.op, change.kind, change.name
+    if op in ("noop", "unmanaged") and kind != "Mirror" and kind != "Publish":
+        return None
+    if op == "unmanaged":
+        return None
+    if op == "rename":
+        module = mirrors if kind == "Mirror" else snapshots
+        return module.rename(ctx, change.detail["from"], name)
+    if op == "drop":
+        if kind == "Mirror":
+            return mirrors.drop(ctx, name, force=options.force, missing_ok=True)
+        if kind == "Snapshot":
+            return snapshots.drop(ctx, name, force=options.force, missing_ok=True)
+        return publish.drop(ctx, name, missing_ok=True)
+    if kind == "Mirror":
+        return mirrors.sync(ctx, specs.mirrors[name], owner=options.owner, force=options.force).line()
+    if kind == "Snapshot":
+        if op == "replace":
+            snapshots.drop(ctx, name)
+        return snapshots.create(ctx, specs.snapshots[name], owner=options.owner)
+    return publish.publish(ctx, specs.publishes[name], owner=options.owner)

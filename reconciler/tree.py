@@ -1,0 +1,537 @@
+"""Writing a published APT tree (`dists/`, `pool/`) so that clients never see half of it.
+
+Layout under PUBLISH_ROOT/PREFIX, as apt and Debian's own archive expect it:
+
+    pool/COMPONENT/p/source/FILE             hard links into the content-addressed pool
+    dists/DIST/COMPONENT/binary-ARCH/Packages{,.gz,.xz}, Release
+    dists/DIST/COMPONENT/debian-installer/binary-ARCH/Packages{,.gz,.xz}   (udebs)
+    dists/DIST/COMPONENT/source/Sources{,.gz,.xz}, Release
+    dists/DIST/.../by-hash/SHA256/HEX        every index again, under its digest
+    dists/DIST/Release, InRelease, Release.gpg
+
+The atomic switch. apt reads a repository in a fixed order: InRelease (or Release
+and Release.gpg) first, then the indexes it lists, then the package files those
+indexes name. So a publish writes in the reverse order and switches with the file
+apt reads first:
+
+1. new pool links (old ones stay, so the old indexes still resolve);
+2. every index, complete, into a staging directory beside the tree, hashed while
+   it is written; with Acquire-By-Hash each is also hard-linked to its
+   `by-hash/SHA256/HEX` name, a name no earlier generation can hold other bytes under;
+3. the plain-named indexes renamed into place (`os.replace`, atomic per file);
+4. Release.gpg, Release and, last, InRelease renamed into place.
+
+A client that fetched the old InRelease before step 4 asks for indexes by-hash
+(Acquire-By-Hash: yes) and finds the old generation's files: a publish keeps the
+previous generation's by-hash files and deletes only older ones, so a client that
+is one publish behind is always served consistent bytes. A client that fetches
+InRelease after step 4 sees only new files, which were all in place before it.
+
+Without Acquire-By-Hash apt fetches indexes by their plain names, and a rename of
+Packages and a rename of InRelease cannot be one operation: between steps 3 and 4
+an old InRelease can meet a new Packages and apt reports a hash mismatch (and
+succeeds when run again). Step 3 renames files that are already complete, so the
+window is a few renames long; turn on Acquire-By-Hash to close it.
+
+Pool files that no publish uses any more are removed by `cleanup_pool`, which the
+caller runs with the paths of *every* publish under the prefix (distributions
+share a prefix's pool), holding the locks of all of them.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from reconciler.debian.index import (
+    RELEASE_SECTIONS,
+    IndexWriter,
+    WrittenFile,
+    format_stanza,
+    parse_release,
+    write_small,
+)
+from reconciler.debian.package import Package, PackageFile
+from reconciler.errors import Conflict, PermanentError
+from reconciler.gpg import Signer
+from reconciler.pool import LocalPackagePool, file_sha256
+
+SIGNATURE_FILES = ("Release.gpg", "Release", "InRelease")  # the order they switch in
+STAGING_PREFIX = ".staging-"
+BY_HASH = ("by-hash", "SHA256")
+
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._~-]*(/[A-Za-z0-9][A-Za-z0-9+._~-]*)*$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._~-]*$")
+_SAFE_FILE = re.compile(r"^[A-Za-z0-9+._~%:-]+$")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(frozen=True)
+class TreeRequest:
+    publish_root: Path  # e.g. ROOT/public
+    prefix: str  # "." or "debian" or "a/b"
+    distribution: str
+    components: dict[str, list[Package]]  # component -> packages (deb, udeb, source mixed)
+    architectures: list[str]  # binary architectures to publish (not "all"/"source")
+    origin: str | None
+    label: str | None
+    suite: str | None  # default: the distribution
+    codename: str | None  # default: the distribution
+    valid_for: timedelta | None  # -> Valid-Until
+    acquire_by_hash: bool
+    date: datetime | None = None  # default now (UTC)
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One file listed in Release: path relative to dists/DIST, size, digests by hashlib name."""
+
+    path: str
+    size: int
+    digests: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TreeResult:
+    dist_dir: Path
+    files: list[IndexEntry]
+    counts: dict[str, int]  # index directory ("main/binary-amd64", "main/source") -> stanzas
+    release_sha256: str
+    pool_paths: frozenset[str]  # relative to the prefix directory, "pool/main/h/hello/..."
+    signed: bool
+
+
+# ---------------------------------------------------------------------------
+# Paths
+
+
+def prefix_dir(publish_root: Path, prefix: str) -> Path:
+    if prefix not in (".", "") and not _SAFE_PATH.match(prefix):
+        raise PermanentError(f"publish prefix {prefix!r} is not a safe relative path")
+    return Path(publish_root) if prefix in (".", "") else Path(publish_root) / prefix
+
+
+def dist_dir(publish_root: Path, prefix: str, distribution: str) -> Path:
+    if not _SAFE_PATH.match(distribution):
+        raise PermanentError(f"distribution {distribution!r} is not a safe relative path")
+    return prefix_dir(publish_root, prefix) / "dists" / distribution
+
+
+def pool_dir(component: str, source: str) -> str:
+    """`pool/main/h/hello`, `pool/main/libf/libfoo`: Debian's split by the source's initial."""
+    if not _SAFE_NAME.match(source):
+        raise PermanentError(f"source package name {source!r} is not safe in a path")
+    initial = source[:4] if source.startswith("lib") and len(source) > 3 else source[:1]
+    return f"pool/{component}/{initial}/{source}"
+
+
+def package_paths(component: str, package: Package) -> list[tuple[str, PackageFile]]:
+    """Where each file of `package` lives in a published tree, relative to the prefix dir."""
+    directory = pool_dir(component, package.source_name)
+    out = []
+    for pf in package.files:
+        if not _SAFE_FILE.match(pf.basename) or pf.basename in (".", ".."):
+            raise PermanentError(f"{package.ref}: file name {pf.basename!r} is not safe in a path")
+        out.append((f"{directory}/{pf.basename}", pf))
+    return out
+
+
+def referenced_paths(components: dict[str, list[Package]]) -> set[str]:
+    """Every pool path a publish of `components` uses: feed the union to `cleanup_pool`."""
+    return {path for comp, pkgs in components.items() for p in pkgs for path, _ in package_paths(comp, p)}
+
+
+# ---------------------------------------------------------------------------
+# Publishing
+
+
+def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None) -> TreeResult:
+    """Write (or switch) the tree for one prefix/distribution; see the module docstring."""
+    _check_request(req)
+    root = prefix_dir(req.publish_root, req.prefix)
+    target = dist_dir(req.publish_root, req.prefix, req.distribution)
+    wanted = _plan_pool(req)
+    _link_pool(root, wanted, pool)
+    target.mkdir(parents=True, exist_ok=True)
+    _remove_staging(target)
+    stage = Path(tempfile.mkdtemp(dir=target, prefix=STAGING_PREFIX))
+    try:
+        files, counts = _write_indexes(req, stage)
+        release = _release_text(req, files).encode()
+        (stage / "Release").write_bytes(release)
+        if signer is not None:
+            inrelease, detached = signer.sign(release)
+            (stage / "InRelease").write_bytes(inrelease)
+            (stage / "Release.gpg").write_bytes(detached)
+        previous = _release_sha256s(target / "Release")
+        if req.acquire_by_hash:
+            _link_by_hash(stage, target, files)
+        _switch(stage, target, files)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    current = {f.path: f.digests["sha256"] for f in files}
+    _prune_dist(target, current, previous, signed=signer is not None)
+    return TreeResult(
+        dist_dir=target,
+        files=files,
+        counts=counts,
+        release_sha256=_sha256(release),
+        pool_paths=frozenset(wanted),
+        signed=signer is not None,
+    )
+
+
+def _check_request(req: TreeRequest) -> None:
+    for comp in req.components:
+        if not _SAFE_PATH.match(comp) or comp.split("/")[-1] in ("by-hash", "source"):
+            raise PermanentError(f"component name {comp!r} is not safe in a path")
+    for arch in req.architectures:
+        if not _SAFE_NAME.match(arch) or arch in ("all", "source"):
+            raise PermanentError(f"architecture {arch!r} cannot be published as binary-{arch}")
+    if not req.architectures:
+        raise PermanentError("a publish needs at least one binary architecture")
+
+
+def _plan_pool(req: TreeRequest) -> dict[str, tuple[PackageFile, str]]:
+    """pool path -> (file, package ref); two different files under one name is a Conflict."""
+    wanted: dict[str, tuple[PackageFile, str]] = {}
+    for comp, packages in req.components.items():
+        for pkg in packages:
+            if pkg.type != "source" and not pkg.files:
+                raise PermanentError(f"{pkg.ref}: binary package without a file")
+            for path, pf in package_paths(comp, pkg):
+                seen = wanted.setdefault(path, (pf, pkg.ref))
+                if seen[0].sha256 != pf.sha256:
+                    raise Conflict(
+                        f"{path}: claimed by {seen[1]} (size {seen[0].size}, sha256 {seen[0].sha256}) "
+                        f"and by {pkg.ref} (size {pf.size}, sha256 {pf.sha256})"
+                    )
+    return wanted
+
+
+def _link_pool(root: Path, wanted: dict[str, tuple[PackageFile, str]], pool: LocalPackagePool) -> None:
+    made: set[Path] = set()
+    for path in sorted(wanted):
+        pf, ref = wanted[path]
+        dest = root / path
+        if dest.parent not in made:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            made.add(dest.parent)
+        _link_one(pool.path(pf.sha256), dest, pf, ref, path)
+
+
+def _link_one(src: Path, dest: Path, pf: PackageFile, ref: str, rel: str) -> None:
+    """Hard-link `src` to `dest`; leave an identical file alone; refuse a different one."""
+    if _place(src, dest, pf, ref) or _holds(dest, src, pf):
+        return
+    have, size = file_sha256(dest)
+    raise Conflict(
+        f"{rel}: already holds a different file (size {size}, sha256 {have}); "
+        f"{ref} needs size {pf.size}, sha256 {pf.sha256}"
+    )
+
+
+def _place(src: Path, dest: Path, pf: PackageFile, ref: str) -> bool:
+    """Create `dest` from `src` if it does not exist yet; False when something is already there.
+
+    Both ways create the name in one step (link), so the file appears only complete:
+    a hard link, or across filesystems a copy beside the target that is then linked.
+    """
+    try:
+        os.link(src, dest)
+        return True
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        raise PermanentError(f"{ref}: the pool has no file {pf.sha256} ({pf.basename})") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.link(tmp, dest)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _holds(dest: Path, src: Path, pf: PackageFile) -> bool:
+    st = os.lstat(dest)
+    try:
+        if os.path.samestat(st, os.stat(src)):
+            return True
+    except FileNotFoundError:
+        pass
+    return st.st_size == pf.size and file_sha256(dest)[0] == pf.sha256
+
+
+# ---------------------------------------------------------------------------
+# Index files
+
+
+def _write_indexes(req: TreeRequest, stage: Path) -> tuple[list[IndexEntry], dict[str, int]]:
+    everything = [p for pkgs in req.components.values() for p in pkgs]
+    kinds = {"deb"} | {p.type for p in everything if p.type in ("udeb", "source")}
+    files: list[IndexEntry] = []
+    counts: dict[str, int] = {}
+    for comp, packages in req.components.items():
+        writers = _open_writers(stage, comp, req.architectures, kinds)
+        try:
+            for pkg in _ordered(packages):
+                stanza = _stanza(comp, pkg)
+                for key in _targets(pkg, req.architectures):
+                    if key in writers:
+                        writers[key].add(stanza)
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
+        for (kind, arch), writer in writers.items():
+            directory = writer.path.parent
+            counts[directory.relative_to(stage).as_posix()] = writer.count
+            written = writer.close() + [_dir_release(req, directory, comp, arch)]
+            files += [IndexEntry(w.path.relative_to(stage).as_posix(), w.size, w.digests) for w in written]
+    files.sort(key=lambda f: f.path)
+    return files, counts
+
+
+def _open_writers(stage: Path, comp: str, archs: list[str], kinds: set[str]) -> dict:
+    layout = {}
+    for arch in archs:
+        layout[("deb", arch)] = f"{comp}/binary-{arch}/Packages"
+        if "udeb" in kinds:
+            layout[("udeb", arch)] = f"{comp}/debian-installer/binary-{arch}/Packages"
+    if "source" in kinds:
+        layout[("source", "source")] = f"{comp}/source/Sources"
+    writers = {}
+    for key, rel in layout.items():
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        writers[key] = IndexWriter(stage / rel)
+    return writers
+
+
+def _ordered(packages: list[Package]) -> list[Package]:
+    """Sorted by name, version, arch (deterministic output), each package once."""
+    out: list[Package] = []
+    for pkg in sorted(packages, key=lambda p: (p.name, p.version, p.arch, p.type)):
+        if not out or (out[-1].type, out[-1].ref) != (pkg.type, pkg.ref):
+            out.append(pkg)
+    return out
+
+
+def _targets(pkg: Package, archs: list[str]) -> list[tuple[str, str]]:
+    if pkg.type == "source":
+        return [("source", "source")]
+    return [(pkg.type, a) for a in archs] if pkg.arch == "all" else [(pkg.type, pkg.arch)]
+
+
+def _stanza(comp: str, pkg: Package) -> dict[str, str]:
+    """The package's own stanza with Filename/Directory pointing into this tree's pool."""
+    directory = pool_dir(comp, pkg.source_name)
+    fields = dict(pkg.fields)
+    if pkg.type == "source":
+        fields["Directory"] = directory
+        return fields if "Package" in fields else {"Package": pkg.name, **fields}
+    first = pkg.files[0]
+    fields["Filename"] = f"{directory}/{first.basename}"
+    fields.setdefault("Size", str(first.size))
+    fields.setdefault("SHA256", first.sha256)
+    return fields
+
+
+def _dir_release(req: TreeRequest, directory: Path, comp: str, arch: str) -> WrittenFile:
+    """The small per-directory Release (`main/binary-amd64/Release`) apt also accepts."""
+    fields = {"Archive": req.suite or req.distribution}
+    if req.origin:
+        fields["Origin"] = req.origin
+    if req.label:
+        fields["Label"] = req.label
+    if req.acquire_by_hash:
+        fields["Acquire-By-Hash"] = "yes"
+    fields["Component"] = comp
+    fields["Architecture"] = arch
+    return write_small(directory / "Release", format_stanza(fields))
+
+
+def _release_text(req: TreeRequest, files: list[IndexEntry]) -> str:
+    date = req.date or datetime.now(timezone.utc)
+    fields: dict[str, str] = {}
+    if req.origin:
+        fields["Origin"] = req.origin
+    if req.label:
+        fields["Label"] = req.label
+    fields["Suite"] = req.suite or req.distribution
+    fields["Codename"] = req.codename or req.distribution
+    fields["Date"] = rfc2822(date)
+    if req.valid_for:
+        fields["Valid-Until"] = rfc2822(date + req.valid_for)
+    fields["Architectures"] = " ".join(dict.fromkeys(req.architectures))
+    fields["Components"] = " ".join(req.components)
+    if req.acquire_by_hash:
+        fields["Acquire-By-Hash"] = "yes"
+    if req.description:
+        fields["Description"] = req.description
+    width = max((len(str(f.size)) for f in files), default=1)
+    for section, algo in RELEASE_SECTIONS.items():
+        fields[section] = "".join(f"\n {f.digests[algo]} {f.size:>{width}} {f.path}" for f in files)
+    return format_stanza(fields)
+
+
+def rfc2822(moment: datetime) -> str:
+    """`Sat, 25 Nov 2026 12:00:00 UTC`, independent of the locale (strftime's %a is not)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    m = moment.astimezone(timezone.utc)
+    return f"{_DAYS[m.weekday()]}, {m.day:02d} {_MONTHS[m.month - 1]} {m.year} {m:%H:%M:%S} UTC"
+
+
+# ---------------------------------------------------------------------------
+# Switching and pruning
+
+
+def _link_by_hash(stage: Path, target: Path, files: list[IndexEntry]) -> None:
+    for f in files:
+        dest = _by_hash_path(target, f.path, f.digests["sha256"])
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(stage / f.path, dest)
+        except FileExistsError:
+            if dest.stat().st_size != f.size:  # a damaged leftover: replace it atomically
+                tmp = dest.with_name(f".tmp-{dest.name}")
+                tmp.unlink(missing_ok=True)
+                os.link(stage / f.path, tmp)
+                os.replace(tmp, dest)
+
+
+def _by_hash_path(target: Path, rel: str, sha256: str) -> Path:
+    return target / posixpath.dirname(rel) / BY_HASH[0] / BY_HASH[1] / sha256
+
+
+def _switch(stage: Path, target: Path, files: list[IndexEntry]) -> None:
+    """Indexes first, then the signature files, InRelease last: each an atomic rename."""
+    for f in files:
+        dest = target / f.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / f.path, dest)
+    for name in SIGNATURE_FILES:
+        if (stage / name).exists():
+            os.replace(stage / name, target / name)
+
+
+def _release_sha256s(release: Path) -> dict[str, str]:
+    """path -> sha256 of what the current Release lists: the generation clients may still use."""
+    try:
+        info = parse_release(release.read_text(errors="replace"))
+    except FileNotFoundError:
+        return {}
+    return {path: d["sha256"] for path, (_, d) in info.files.items() if "sha256" in d}
+
+
+def _prune_dist(target: Path, current: dict[str, str], previous: dict[str, str], *, signed: bool) -> None:
+    """Delete what neither this generation nor (by-hash) the previous one lists."""
+    keep_hashed = {
+        _by_hash_path(target, path, digest) for gen in (current, previous) for path, digest in gen.items()
+    }
+    keep_plain = {target / path for path in current}
+    if not signed:
+        for name in ("InRelease", "Release.gpg"):
+            (target / name).unlink(missing_ok=True)
+    for child in _own_subdirs(target):
+        for dirpath, dirnames, filenames in os.walk(child, topdown=False):
+            for name in filenames:
+                path = Path(dirpath) / name
+                if path not in keep_plain and path not in keep_hashed:
+                    path.unlink()
+            _rmdir_if_empty(Path(dirpath))
+
+
+def _own_subdirs(target: Path) -> list[Path]:
+    """Children of dists/DIST except staging dirs and nested distributions (`stable/updates`)."""
+    out = []
+    for child in sorted(target.iterdir()):
+        if not child.is_dir() or child.is_symlink() or child.name.startswith(STAGING_PREFIX):
+            continue
+        if (child / "Release").exists() or (child / "InRelease").exists():
+            continue
+        out.append(child)
+    return out
+
+
+def _remove_staging(target: Path) -> None:
+    """Staging dirs left by a publish that crashed: never visible to apt, safe to drop."""
+    for child in target.glob(STAGING_PREFIX + "*"):
+        shutil.rmtree(child, ignore_errors=True)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Removal
+
+
+def cleanup_pool(publish_root: Path, prefix: str, referenced: Collection[str] | Callable[[str], bool]) -> int:
+    """Delete files under PREFIX/pool that `referenced` does not name; return how many.
+
+    `referenced` must cover every publish under the prefix (their `referenced_paths`
+    unioned), and the caller must hold the locks of all of them: distributions
+    share the pool, and a concurrent publish could be linking a file right now.
+    """
+    keep = referenced if callable(referenced) else referenced.__contains__
+    root = prefix_dir(publish_root, prefix)
+    removed = 0
+    for dirpath, _dirs, filenames in os.walk(root / "pool", topdown=False):
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not keep(path.relative_to(root).as_posix()):
+                path.unlink()
+                removed += 1
+        _rmdir_if_empty(Path(dirpath))
+    return removed
+
+
+def remove_tree(publish_root: Path, prefix: str, distribution: str) -> bool:
+    """Drop dists/DIST: signature files first (apt then sees no repository), then the rest.
+
+    Pool files stay; run `cleanup_pool` afterwards with the remaining publishes' paths.
+    Returns False when there was nothing to remove.
+    """
+    target = dist_dir(publish_root, prefix, distribution)
+    if not target.is_dir():
+        return False
+    for name in reversed(SIGNATURE_FILES):
+        (target / name).unlink(missing_ok=True)
+    _remove_staging(target)
+    for child in _own_subdirs(target):
+        shutil.rmtree(child)
+    for child in target.iterdir():
+        if child.is_file() or child.is_symlink():
+            child.unlink()
+    dists = prefix_dir(publish_root, prefix) / "dists"
+    while target != dists and target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+        target = target.parent
+    return True

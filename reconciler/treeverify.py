@@ -1,0 +1,233 @@
+"""Checking a published APT tree the way a client would trust it, top down.
+
+`verify_tree` walks the chain apt walks: the signature on InRelease and Release.gpg
+(against the publish's public key), Release against InRelease, every index against
+its Release entry (size, SHA-256, and its by-hash copy when Acquire-By-Hash is on),
+and every package file against its index stanza. It returns problems instead of
+raising, so `reconciler verify` can report all the drift in one run, and it is run
+right after publishing as a self-check.
+
+Package files are hashed streaming, and each inode once: a tree is mostly hard links
+(pool, `all` packages listed in every architecture, by-hash copies of indexes), and
+hashing 40 GB of pool twice would double the cost of a check.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+from reconciler import gpg, tree
+from reconciler.debian.index import ReleaseInfo, iter_stanzas, open_index, parse_release
+from reconciler.errors import VerifyError
+from reconciler.pool import file_sha256
+
+INDEX_NAMES = ("Packages", "Sources")
+COMPRESSIONS = ("", ".xz", ".gz")  # the order in which an index is read for its stanzas
+
+
+class _Hasher:
+    """SHA-256 of files, each inode hashed once per check."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, int, int, int], str] = {}
+
+    def sha256(self, path: Path) -> str:
+        st = path.stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in self._cache:
+            self._cache[key] = file_sha256(path)[0]
+        return self._cache[key]
+
+
+def verify_tree(publish_root: Path, prefix: str, distribution: str, *, keyring: Path | None) -> list[str]:
+    """Every problem found in the published prefix/distribution; an empty list means sound.
+
+    Without `keyring` the signatures are not checked, only that InRelease says what
+    Release says.
+    """
+    root = tree.prefix_dir(publish_root, prefix)
+    target = tree.dist_dir(publish_root, prefix, distribution)
+    label = f"dists/{distribution}"
+    try:
+        release = (target / "Release").read_bytes()
+    except FileNotFoundError:
+        return [f"{label}/Release: missing"]
+    problems = _check_signatures(target, release, keyring, label)
+    info = parse_release(release.decode("utf-8", "replace"))
+    problems += _check_validity(info, label)
+    hasher = _Hasher()
+    problems += _check_indexes(target, info, hasher, label)
+    problems += _check_packages(root, target, info, hasher, label)
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# Release, InRelease, Release.gpg
+
+
+def _check_signatures(target: Path, release: bytes, keyring: Path | None, label: str) -> list[str]:
+    inrelease = _read(target / "InRelease")
+    detached = _read(target / "Release.gpg")
+    if keyring is None:
+        if inrelease is not None and _unverified_body(inrelease) != release:
+            return [f"{label}/InRelease: does not say what {label}/Release says"]
+        return []
+    if inrelease is None and detached is None:
+        return [f"{label}: not signed (neither InRelease nor Release.gpg exists)"]
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="reconciler-verify-") as work:
+        if inrelease is None:
+            problems.append(f"{label}/InRelease: missing")
+        else:
+            problems += _verify(f"{label}/InRelease", release, Path(work), keyring, inrelease=inrelease)
+        if detached is None:
+            problems.append(f"{label}/Release.gpg: missing")
+        else:
+            problems += _verify(f"{label}/Release.gpg", release, Path(work), keyring, release_gpg=detached)
+    return problems
+
+
+def _verify(what: str, release: bytes, work: Path, keyring: Path, *, inrelease=None, release_gpg=None) -> list[str]:
+    try:
+        signed = gpg.verify_release(
+            inrelease=inrelease,
+            release=release if release_gpg is not None else None,
+            release_gpg=release_gpg,
+            keyrings=[keyring],
+            workdir=work,
+        )
+    except VerifyError as exc:
+        return [f"{what}: {exc}"]
+    if signed != release:
+        return [f"{what}: the signed text differs from Release"]
+    return []
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _unverified_body(inrelease: bytes) -> bytes:
+    """The text of a clearsigned message, for comparing only: it is never trusted."""
+    lines = inrelease.split(b"\n")
+    try:
+        start = lines.index(b"", 1) + 1
+        end = lines.index(b"-----BEGIN PGP SIGNATURE-----", start)
+    except ValueError:
+        return b""
+    body = [line[2:] if line.startswith(b"- ") else line for line in lines[start:end]]
+    return b"\n".join(body) + b"\n"
+
+
+def _check_validity(info: ReleaseInfo, label: str) -> list[str]:
+    text = info.get("Valid-Until")
+    if not text:
+        return []
+    try:
+        until = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return [f"{label}/Release: Valid-Until {text!r} is not a date"]
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=timezone.utc)
+    if until < datetime.now(timezone.utc):
+        return [f"{label}/Release: expired (Valid-Until {text}); publish again to renew it"]
+    return []
+
+
+# ---------------------------------------------------------------------------
+# Index files
+
+
+def _check_indexes(target: Path, info: ReleaseInfo, hasher: _Hasher, label: str) -> list[str]:
+    problems = []
+    for path, (size, digests) in sorted(info.files.items()):
+        problems += _check_file(target / path, f"{label}/{path}", size, digests.get("sha256"), hasher)
+        if info.acquire_by_hash and "sha256" in digests:
+            hashed = f"{posixpath.dirname(path)}/by-hash/SHA256/{digests['sha256']}"
+            found = _check_file(target / hashed, f"{label}/{hashed}", size, digests["sha256"], hasher)
+            problems += [f"{p} (by-hash copy of {path})" for p in found]
+    return problems
+
+
+def _check_file(path: Path, name: str, size: int | None, sha256: str | None, hasher: _Hasher,
+                *, needed_by: str = "") -> list[str]:
+    why = f" (needed by {needed_by})" if needed_by else ""
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        return [f"{name}: missing{why}"]
+    if size is not None and actual != size:
+        return [f"{name}: size {actual}, expected {size}{why}"]
+    if sha256 and hasher.sha256(path) != sha256.lower():
+        return [f"{name}: SHA256 {hasher.sha256(path)}, expected {sha256}{why}"]
+    return []
+
+
+def _readable_indexes(target: Path, info: ReleaseInfo) -> Iterator[tuple[str, Path]]:
+    """One readable form of each Packages/Sources index the Release lists."""
+    bases = {
+        p.rsplit(".", 1)[0] if p.endswith((".gz", ".xz")) else p
+        for p in info.files
+        if posixpath.basename(p).split(".")[0] in INDEX_NAMES
+    }
+    for base in sorted(bases):
+        for suffix in COMPRESSIONS:
+            if base + suffix in info.files and (target / (base + suffix)).is_file():
+                yield base, target / (base + suffix)
+                break
+
+
+# ---------------------------------------------------------------------------
+# Package files
+
+
+def _check_packages(root: Path, target: Path, info: ReleaseInfo, hasher: _Hasher, label: str) -> list[str]:
+    problems: list[str] = []
+    checked: set[str] = set()
+    for base, path in _readable_indexes(target, info):
+        try:
+            with open_index(path) as fh:
+                for stanza in iter_stanzas(fh):
+                    for rel, size, sha256, who in _stanza_files(stanza, base):
+                        if rel not in checked:
+                            checked.add(rel)
+                            problems += _check_pool_file(root, rel, size, sha256, who, hasher)
+        except (OSError, EOFError, ValueError) as exc:  # damaged compressed stream
+            problems.append(f"{label}/{base}: unreadable ({exc})")
+    return problems
+
+
+def _stanza_files(stanza: dict[str, str], base: str) -> Iterator[tuple[str, int | None, str | None, str]]:
+    """(path, size, sha256, package) of each file a Packages or Sources stanza names."""
+    name, version = stanza.get("Package", "?"), stanza.get("Version", "?")
+    if posixpath.basename(base) == "Packages":
+        size = stanza.get("Size", "")
+        who = f"{name}_{version}_{stanza.get('Architecture', '?')}"
+        yield stanza.get("Filename", ""), int(size) if size.isdigit() else None, stanza.get("SHA256"), who
+        return
+    directory = stanza.get("Directory", "").strip("/")
+    rows = stanza.get("Checksums-Sha256") or stanza.get("Files", "")
+    has_sha256 = "Checksums-Sha256" in stanza
+    for line in rows.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            yield f"{directory}/{parts[2]}", int(parts[1]), parts[0] if has_sha256 else None, f"{name}_{version}_source"
+
+
+def _check_pool_file(root: Path, rel: str, size, sha256, who: str, hasher: _Hasher) -> list[str]:
+    if not _inside(rel):
+        return [f"{rel!r}: path leaves the tree (listed for {who})"]
+    return _check_file(root / rel, rel, size, sha256, hasher, needed_by=who)
+
+
+def _inside(rel: str) -> bool:
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and "\x00" not in rel and ".." not in parts and "" not in parts
