@@ -249,6 +249,10 @@ def load_specs(paths: Iterable[str | Path], env: Mapping[str, str] | None = None
             if doc is not None:
                 _add(result, _resolve_paths(doc, file.parent), raw, issues)
     _cross_check(result, issues)
+    if files and not result.origins and not issues:
+        issues.append(SpecIssue(", ".join(str(f) for f in files[:3]), 0, "", "",
+                                "no spec documents found; refusing to read that as 'declare nothing', "
+                                "which would drop every object"))
     errors = [i for i in issues if not i.warning]
     result.warnings = [i for i in issues if i.warning]
     if errors:
