@@ -321,8 +321,18 @@ def diff(kind: Annotated[str, typer.Argument(help="snapshot")], a: str, b: str, 
 
 
 def main() -> None:
+    """Entry point; the last line of defence keeps tracebacks away from operators."""
+    import sqlite3
+
     try:
         app()
-    except ReconcilerError as exc:  # pragma: no cover - commands map their own errors
+    except ReconcilerError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # disk full, read-only root, permissions
+        typer.echo(f"error: {exc.strerror or exc} ({exc.filename or 'no file'}); "
+                   "the state database is unchanged by the failed task", err=True)
+        sys.exit(1)
+    except sqlite3.Error as exc:
+        typer.echo(f"error: state database: {exc}", err=True)
         sys.exit(1)

@@ -13,9 +13,12 @@ by package) is gathered by the caller into `Observed` and `Change.detail`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from types import SimpleNamespace
 
 from reconciler.loader import Specs
+from reconciler.spec import parse_duration
 from reconciler.state.stores import MirrorRow, PublishRow, SnapshotRow
 
 MIRROR_CONTENT = ("url", "distribution", "components", "architectures", "filter", "filterWithDeps",
@@ -94,6 +97,7 @@ class Options:
     owner: str = "default"
     force: bool = False
     replace: frozenset[str] = frozenset()
+    now: datetime | None = None  # the planner's clock, for snapshot series; default: now
 
 
 def _pick(spec: dict, fields: tuple[str, ...]) -> dict:
@@ -111,15 +115,66 @@ def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan
     for kind, declared, rows, out in (("Mirror", specs.mirrors, mirror_rows, renames),
                                       ("Snapshot", specs.snapshots, snapshot_rows, renames)):
         out.extend(_renames(kind, declared, rows))
+    observed = _follow_renames(observed, renames, snapshot_rows)
     for name, doc in specs.mirrors.items():
         mirrors_up.append(_mirror(name, doc, mirror_rows.get(name), observed.probes.get(name)))
-    dropped_snapshots = _own_undeclared(snapshot_rows, specs.snapshots, options.owner)
+    series_names = {n for n, d in specs.snapshots.items() if d.spec.series}
+    dropped_snapshots = {n for n in _own_undeclared(snapshot_rows, specs.snapshots, options.owner)
+                         if snapshot_rows[n].series not in series_names}
     for name, doc in specs.snapshots.items():
-        snaps_up.extend(_snapshot(name, doc, snapshot_rows.get(name), specs, mirror_rows, options))
+        if doc.spec.series:
+            snaps_up.extend(_series(name, doc, snapshot_rows, options))
+        else:
+            snaps_up.extend(_snapshot(name, doc, snapshot_rows.get(name), specs, mirror_rows, options))
+    planned = dict(snapshot_rows)
+    planned.update({c.name: SimpleNamespace(series=c.detail["series"]) for c in snaps_up
+                    if c.op == "create" and "series" in c.detail})
     for name, doc in specs.publishes.items():
-        pubs_up.append(_publish(name, doc, observed.publishes.get(name), snapshot_rows, snaps_up))
+        pubs_up.append(_publish(name, doc, observed.publishes.get(name), planned, snaps_up))
+    retention = _retention(specs, planned, observed, snaps_up, pubs_up)
     drops = _drops(specs, observed, mirror_rows, snapshot_rows, dropped_snapshots, options)
-    return Plan(renames + mirrors_up + snaps_up + pubs_up + drops)
+    return Plan(renames + mirrors_up + snaps_up + pubs_up + retention + drops)
+
+
+def series_member(name: str, every: str, now: datetime) -> str:
+    """NAME-YYYYMMDD for daily or slower series, NAME-YYYYMMDDHHMM for faster ones."""
+    fmt = "%Y%m%d" if parse_duration(every).total_seconds() >= 86400 else "%Y%m%d%H%M"
+    return f"{name}-{now:{fmt}}"
+
+
+def _series(name: str, doc, rows: dict, options: Options) -> list[Change]:
+    """A series takes a new member when the newest is `every` old, and keeps `keep` of them."""
+    now = options.now or datetime.now(timezone.utc)
+    members = sorted((r.created_at, n) for n, r in rows.items() if r.series == name)
+    every = doc.spec.series.every
+    if members:
+        newest = datetime.fromisoformat(members[-1][0])
+        if now - newest < parse_duration(every):
+            return [Change("noop", "Snapshot", name, f"series: newest {members[-1][1]}, next one due "
+                                                     f"{(newest + parse_duration(every)).isoformat()}")]
+    member = series_member(name, every, now)
+    if member in rows:
+        return [Change("noop", "Snapshot", name, f"series: {member} exists")]
+    return [Change("create", "Snapshot", member, f"series {name}: from mirror {doc.spec.mirror}",
+                   {"series": name, "source": f"mirror {doc.spec.mirror}"})]
+
+
+def _retention(specs: Specs, planned: dict, observed: Observed, snaps: list[Change], pubs: list[Change]) -> list[Change]:
+    """Drop the oldest members beyond `keep`, unless a publish still points at them."""
+    used = {s for c in pubs for s in c.detail.get("sources", {}).values()}
+    used |= {s for n, r in observed.publishes.items() if n not in specs.publishes for s in r.sources.values()}
+    out = []
+    for name, doc in specs.snapshots.items():
+        if not doc.spec.series:
+            continue
+        members = sorted(n for n, r in planned.items() if getattr(r, "series", None) == name)
+        for old in members[: max(0, len(members) - doc.spec.series.keep)]:
+            if old in used:
+                out.append(Change("noop", "Snapshot", old, f"series {name}: beyond keep but still published"))
+            else:
+                out.append(Change("drop", "Snapshot", old, f"series {name}: beyond keep {doc.spec.series.keep}",
+                                  {"series": name}))
+    return out
 
 
 def _renames(kind: str, declared: dict, rows: dict) -> list[Change]:
@@ -132,6 +187,24 @@ def _renames(kind: str, declared: dict, rows: dict) -> list[Change]:
         rows[name] = rows.pop(old)
         out.append(Change("rename", kind, name, f"renamed from {old}", {"from": old}))
     return out
+
+
+def _follow_renames(observed: Observed, renames: list[Change], snapshot_rows: dict) -> Observed:
+    """What renames will do to references: snapshots name the new mirror, publishes the new snapshot."""
+    mirror_map = {c.detail["from"]: c.name for c in renames if c.kind == "Mirror"}
+    snap_map = {c.detail["from"]: c.name for c in renames if c.kind == "Snapshot"}
+    if not renames:
+        return observed
+    for name, row in snapshot_rows.items():
+        spec = dict(row.spec)
+        if spec.get("mirror") in mirror_map:
+            spec["mirror"] = mirror_map[spec["mirror"]]
+        if spec.get("snapshots"):
+            spec["snapshots"] = [snap_map.get(s, s) for s in spec["snapshots"]]
+        snapshot_rows[name] = replace(row, spec=spec, source_mirror=mirror_map.get(row.source_mirror, row.source_mirror))
+    publishes = {n: replace(r, sources={c: snap_map.get(s, s) for c, s in r.sources.items()})
+                 for n, r in observed.publishes.items()}
+    return replace(observed, publishes=publishes)
 
 
 def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None) -> Change:
@@ -204,6 +277,7 @@ def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_chang
     comps = ", ".join(f"{c}={s}" for c, s in sources.items())
     if row is None:
         return Change("create", "Publish", name, f"{where}: {comps}", {"sources": sources})
+    sources_noop = {"sources": sources}
     switched = {c: s for c, s in sources.items() if row.sources.get(c) != s or s in remade}
     fields = _diff_fields({k: v for k, v in row.spec.items() if k != "components"},
                           {k: v for k, v in doc.spec.model_dump(mode="json").items() if k != "components"})
@@ -212,7 +286,7 @@ def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_chang
                                  or "edit " + ", ".join(fields))
         return Change("switch" if switched else "update", "Publish", name, reason,
                       {"sources": sources, "before": row.sources, "fields": fields})
-    return Change("noop", "Publish", name, f"{where}: up to date")
+    return Change("noop", "Publish", name, f"{where}: up to date", sources_noop)
 
 
 def _own_undeclared(rows: dict, declared: dict, owner: str) -> set[str]:
@@ -227,7 +301,9 @@ def _drops(specs: Specs, observed: Observed, mirrors: dict, snapshots: dict, dro
     for name, row in sorted(observed.publishes.items()):
         if name not in specs.publishes:
             out.append(_drop("Publish", name, row, options, []))
-    for name in sorted(dropped_snaps):
+    undeclared = {n for n, r in snapshots.items() if n not in specs.snapshots and
+                  not (r.series and r.series in specs.snapshots)}
+    for name in sorted(undeclared):
         users = sorted(f"publish/{n}" for n, r in kept_pubs.items()
                        if name in r.sources.values() and n not in specs.publishes)
         if name in declared_pub_snaps:

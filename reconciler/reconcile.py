@@ -102,8 +102,9 @@ def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=pr
 
 
 def _blocked(change: planner.Change, specs: Specs, failed: set[str]) -> str | None:
-    if change.kind == "Snapshot" and change.name in specs.snapshots:
-        spec = specs.snapshots[change.name].spec
+    series = change.detail.get("series")
+    if change.kind == "Snapshot" and (change.name in specs.snapshots or series):
+        spec = specs.snapshots[series or change.name].spec
         deps = [f"Mirror/{spec.mirror}"] if spec.mirror else [f"Snapshot/{s}" for s in spec.snapshots]
     elif change.kind == "Publish" and change.name in specs.publishes:
         deps = [f"Snapshot/{s.removesuffix('@latest')}" for s in specs.publishes[change.name].spec.components.values()]
@@ -122,6 +123,8 @@ def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: plan
         module = mirrors if kind == "Mirror" else snapshots
         return module.rename(ctx, change.detail["from"], name)
     if op == "drop":
+        if kind == "Snapshot" and "series" in change.detail:
+            return snapshots.drop(ctx, name, missing_ok=True)
         if kind == "Mirror":
             return mirrors.drop(ctx, name, force=options.force, missing_ok=True)
         if kind == "Snapshot":
@@ -129,6 +132,9 @@ def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: plan
         return publish.drop(ctx, name, missing_ok=True)
     if kind == "Mirror":
         return mirrors.sync(ctx, specs.mirrors[name], owner=options.owner, force=options.force).line()
+    if kind == "Snapshot" and "series" in change.detail:
+        doc = specs.snapshots[change.detail["series"]]
+        return snapshots.create(ctx, doc, owner=options.owner, name=name, series=change.detail["series"])
     if kind == "Snapshot":
         if op == "replace":
             snapshots.drop(ctx, name)

@@ -23,7 +23,9 @@ from reconciler.state.stores import Store
 
 
 def inputs_digest(spec: dict, digests: dict[str, str]) -> str:
-    body = {k: v for k, v in spec.items() if k != "signing"}
+    """What the tree depends on: the spec (minus snapshot names: a rename changes no byte) and
+    the content digest of each component's list."""
+    body = {k: v for k, v in spec.items() if k not in ("signing", "components")}
     body["signing"] = {k: v for k, v in spec["signing"].items() if k != "passphraseFile"}
     body["lists"] = digests
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

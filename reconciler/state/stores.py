@@ -270,8 +270,14 @@ class Snapshots:
         self.db.execute(f"UPDATE snapshots SET {sets} WHERE name = ?", [*values.values(), name])
 
     def rename(self, old: str, new: str) -> None:
+        """Rename in place; publishes that point at the old name follow."""
         self.db.execute("UPDATE snapshots SET name = ? WHERE name = ?", (new, old))
         self.db.execute("UPDATE publish_sources SET snapshot = ? WHERE snapshot = ?", (new, old))
+        rows = self.db.execute("SELECT DISTINCT p.id, p.sources FROM publishes p JOIN publish_sources s"
+                               " ON s.publish_id = p.id WHERE s.snapshot = ?", (new,)).fetchall()
+        for pid, sources in rows:
+            renamed = {comp: new if snap == old else snap for comp, snap in json.loads(sources).items()}
+            self.db.execute("UPDATE publishes SET sources = ? WHERE id = ?", (json.dumps(renamed), pid))
 
     def delete(self, name: str) -> None:
         self.db.execute("DELETE FROM snapshots WHERE name = ?", (name,))

@@ -176,9 +176,10 @@ class BuiltArchive:
         return self.dist_dir / "Release.gpg"
 
     def filename(self, name: str, version: str | None = None, arch: str | None = None) -> str:
-        """The Filename (relative to the root) of a package; for a source, its .dsc."""
-        hits = [fn for (n, v, a), fn in self.files.items()
-                if n == name and version in (None, v) and arch in (None, a)]
+        """The Filename (relative to the root) of one binary package, or with
+        arch="source" the .dsc of a source package; KeyError unless exactly one."""
+        hits = [fn for (n, v, a), fn in self.files.items() if n == name and
+                version in (None, v) and (a == arch if arch else a != "source")]
         if len(hits) != 1:
             raise KeyError(f"{name} {version or ''} {arch or ''}: {len(hits)} matches")
         return hits[0]
@@ -286,6 +287,18 @@ class ArchiveBuilder:
 
     def binaries_of(self, source: str) -> list[Binary]:
         return [b for b in self.binaries if b.source_name == source]
+
+
+def make_example(dest: os.PathLike, *, keys_dir: os.PathLike | None = None) -> BuiltArchive:
+    """The bundled example upstream with its keys; see `examples.make_example`."""
+    from tests.support import examples  # examples builds on this module
+    return examples.make_example(dest, keys_dir=keys_dir)
+
+
+def synthetic(n: int, **kw) -> ArchiveBuilder:
+    """A benchmark-sized declaration; see `examples.synthetic`."""
+    from tests.support import examples
+    return examples.synthetic(n, **kw)
 
 
 def _main(argv: list[str]) -> int:

@@ -10,9 +10,9 @@ package keeps its exact bytes, as a real archive does.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
-import io
 import lzma
 import random
 from collections.abc import Mapping
@@ -113,6 +113,7 @@ def _tar(files: Mapping[str, bytes], *, prefix: str = "./") -> bytes:
     return b"".join(out)
 
 
+@functools.lru_cache(maxsize=4096)  # directory headers repeat in every package
 def _header(name: str, size: int, *, directory: bool = False, executable: bool = False) -> bytes:
     """One 512-byte ustar header (owner root:root, mtime MTIME)."""
     raw = name.encode()
@@ -224,29 +225,34 @@ def _checksum_fields(blobs: tuple[Blob, ...]) -> dict[str, str]:
             "Files": block("md5")}
 
 
+def _source_tarballs(name: str, version: str, fields: Mapping[str, str], *,
+                     pad: int) -> tuple[Blob, ...]:
+    """(native): one NAME_VER.tar.xz; (quilt): NAME_UP.orig.tar.gz + NAME_VER.debian.tar.xz."""
+    bare, up = strip_epoch(version), upstream_version(version)
+    upstream = {"README": f"{name} {up}\n".encode()}
+    if pad > 0:
+        upstream["padding.bin"] = filler(f"{name}/{version}/src", pad)
+    debian = _debian_dir(name, version, fields, fields["Format"])
+    if fields["Format"] == "3.0 (native)":
+        return (Blob(f"{name}_{bare}.tar.xz",
+                     xz(_tar({**upstream, **debian}, prefix=f"{name}-{bare}/"))),)
+    return (Blob(f"{name}_{up}.orig.tar.gz", gz(_tar(upstream, prefix=f"{name}-{up}/"))),
+            Blob(f"{name}_{bare}.debian.tar.xz", xz(_tar(debian, prefix=""))))
+
+
 def build_source(name: str, version: str, *, binaries: list[str], architecture: str = "any",
                  maintainer: str = MAINTAINER, section: str = "misc", priority: str = "optional",
                  build_depends: str = "debhelper-compat (= 13)", pad: int = 0,
                  udebs: tuple[str, ...] | list[str] = ()) -> SourceBuild:
     """A Format 3.0 source package: (quilt) with orig + debian tarballs when the version
     has a Debian revision, (native) with a single tarball when it has none."""
-    bare, up = strip_epoch(version), upstream_version(version)
-    native = "-" not in bare
-    fmt = "3.0 (native)" if native else "3.0 (quilt)"
+    bare = strip_epoch(version)
+    fmt = "3.0 (quilt)" if "-" in bare else "3.0 (native)"
     fields = {"Format": fmt, "Source": name, "Binary": ", ".join(binaries),
               "Architecture": architecture, "Version": version, "Maintainer": maintainer,
               "Standards-Version": "4.6.2", "Build-Depends": build_depends,
               "Section": section, "Priority": priority}
-    upstream = {"README": f"{name} {up}\n".encode()}
-    if pad > 0:
-        upstream["padding.bin"] = filler(f"{name}/{version}/src", pad)
-    debian = _debian_dir(name, version, fields, fmt)
-    if native:
-        blobs = (Blob(f"{name}_{bare}.tar.xz", xz(_tar({**upstream, **debian},
-                                                       prefix=f"{name}-{bare}/"))),)
-    else:
-        blobs = (Blob(f"{name}_{up}.orig.tar.gz", gz(_tar(upstream, prefix=f"{name}-{up}/"))),
-                 Blob(f"{name}_{bare}.debian.tar.xz", xz(_tar(debian, prefix=""))))
+    blobs = _source_tarballs(name, version, fields, pad=pad)
     package_list = "".join(
         f"\n {b} {'udeb' if b in udebs else 'deb'} {section} {priority} arch={architecture}"
         for b in binaries)

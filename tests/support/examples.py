@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -116,8 +115,8 @@ def _word(rng: random.Random) -> str:
     return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))
 
 
-def _description(rng: random.Random, name: str) -> str:
-    lines = [" ".join(_word(rng) for _ in range(rng.randint(8, 11)))
+def _description(rng: random.Random, vocabulary: list[str], name: str) -> str:
+    lines = [" ".join(rng.choices(vocabulary, k=rng.randint(8, 11)))
              for _ in range(rng.randint(2, 4))]
     return f"{name} - synthetic package for benchmarks\n " + "\n ".join(lines)
 
@@ -136,30 +135,40 @@ def _depends(rng: random.Random, earlier: list[tuple[str, str]]) -> str:
     return ", ".join(dict.fromkeys(deps))
 
 
+def _fresh_name(rng: random.Random, taken: set[str]) -> tuple[str, str, bool]:
+    while True:
+        base, is_lib = _word(rng), rng.random() < 0.2
+        name = f"lib{base}{rng.randint(0, 9)}" if is_lib else base + rng.choice(_SUFFIXES)
+        if name not in taken:
+            taken.add(name)
+            return name, base, is_lib
+
+
 def synthetic(n: int, *, seed: int = 0, pad: int = 0, sources: bool = False,
               architectures: tuple[str, ...] = ("amd64",)) -> ArchiveBuilder:
     """A deterministic archive of `n` binaries with Debian-like stanzas (about 700
-    bytes each), dependencies among them, ~20% libraries and ~5% arch `all`."""
+    bytes each), dependencies among them, ~20% libraries, ~5% arch `all`, about two
+    binaries per source (so pool directories are shared as on Debian)."""
     rng = random.Random(seed)
+    vocabulary = [_word(rng) for _ in range(2000)]
     builder = ArchiveBuilder(architectures=list(architectures))
     earlier: list[tuple[str, str]] = []
-    names: set[str] = set()
+    taken: set[str] = set()
     while len(builder.binaries) < n:
-        base = _word(rng)
-        is_lib = rng.random() < 0.2
-        name = f"lib{base}{rng.randint(0, 9)}" if is_lib else base + rng.choice(_SUFFIXES)
-        if name in names:
-            continue
-        names.add(name)
-        version = f"{rng.randint(0, 9)}.{rng.randint(0, 30)}-{rng.randint(1, 5)}"
-        arch = "all" if rng.random() < 0.05 else rng.choice(architectures)
-        builder.add(name, version, arch=arch, section="libs" if is_lib else rng.choice(_SECTIONS),
+        name, base, is_lib = _fresh_name(rng, taken)
+        sibling = builder.binaries[-1] if earlier and rng.random() < 0.5 else None
+        version = sibling.version if sibling else \
+            f"{rng.randint(0, 9)}.{rng.randint(0, 30)}-{rng.randint(1, 5)}"
+        builder.add(name, version, source=sibling.source_name if sibling else "",
+                    arch="all" if rng.random() < 0.05 else rng.choice(architectures),
+                    section="libs" if is_lib else rng.choice(_SECTIONS),
                     priority="required" if rng.random() < 0.01 else "optional",
-                    depends=_depends(rng, earlier[-2000:]), description=_description(rng, name),
+                    depends=_depends(rng, earlier[-2000:]),
+                    description=_description(rng, vocabulary, name),
                     extra={"Homepage": f"https://{base}.example.invalid/"}, pad=pad)
         earlier.append((name, version))
-        if sources:
-            builder.add_source(name, version, binaries=[name])
+        if sources and not sibling:
+            builder.add_source(name, version)
     return builder
 
 
@@ -176,13 +185,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "example":
         built = make_example(args.dest, keys_dir=args.keys)
-        print(f"example archive at {built.root} ({len(built.files)} packages)")
+        sources = sum(arch == "source" for _, _, arch in built.files)
+        print(f"example archive at {built.root}: {len(built.files) - sources} binary and "
+              f"{sources} source packages; keys in {args.keys or args.dest.parent / 'keys'}")
         return 0
     start = time.perf_counter()
     builder = synthetic(args.n, pad=args.pad)
     declared = time.perf_counter()
     builder.build(args.dest)
     done = time.perf_counter()
-    print(f"{args.n} packages: declare {declared - start:.2f}s, build {done - declared:.2f}s",
-          file=sys.stdout)
+    print(f"{args.n} packages: declare {declared - start:.2f}s, build {done - declared:.2f}s")
     return 0

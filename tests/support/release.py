@@ -11,7 +11,6 @@ not shipped (clients verify what they decompress).
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -135,7 +134,3 @@ def sign(release: Path, key) -> None:
         return
     key.sign_clear(release, inrelease)
     key.sign_detached(release, detached)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
