@@ -182,7 +182,11 @@ def _renames(kind: str, declared: dict, rows: dict) -> list[Change]:
     out = []
     for name, doc in declared.items():
         old = doc.metadata.renamedFrom
-        if not old or name in rows or old not in rows:
+        if not old or old not in rows:
+            continue  # nothing to rename, or done already
+        if name in rows:
+            out.append(Change("error", kind, name, f"cannot rename {old} to {name}: {name} exists too; "
+                                                   f"drop one of them or remove renamedFrom"))
             continue
         rows[name] = rows.pop(old)
         out.append(Change("rename", kind, name, f"renamed from {old}", {"from": old}))
