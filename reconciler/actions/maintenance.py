@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler import locks, tasks, tree
+from reconciler.errors import ReconcilerError
 from reconciler.state import db as statedb
 from reconciler.state.stores import Store
 
@@ -91,10 +92,12 @@ def verify(ctx: tasks.Context, *, deep: bool = False) -> list[str]:
                                          "metadata": {"name": row.name}, "spec": row.spec})
         try:
             signer = signer_for(ctx, doc)
-            keyring = _keyring(ctx, signer) if signer else None
-        except Exception as exc:  # a missing key file must not hide the tree check
+            if signer:
+                with signer:
+                    keyring = _keyring(ctx, signer)
+        except ReconcilerError as exc:  # a missing key file must not hide the tree check
             problems.append(f"publish/{row.name}: cannot load the signing key to check signatures: {exc}")
-        found = treeverify.verify_tree(ctx.publish_root, row.prefix, row.distribution, keyring=keyring)
+        found = treeverify.verify_tree(ctx.publish_root, row.prefix, row.distribution, keyring=keyring, deep=deep)
         problems += [f"publish/{row.name}: {p}" for p in found]
         release = tree.dist_dir(ctx.publish_root, row.prefix, row.distribution) / "Release"
         if release.exists() and row.release_sha256:

@@ -112,13 +112,25 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
             signer.close()
     from reconciler import treeverify
 
-    problems = treeverify.verify_tree(ctx.publish_root, spec.prefix, spec.distribution, keyring=keyring)
+    # Pool files are hard links of files verified on import: sizes suffice here.
+    problems = treeverify.verify_tree(ctx.publish_root, spec.prefix, spec.distribution, keyring=keyring,
+                                      deep=False)
     if problems:
         raise PermanentError(f"publish/{doc.metadata.name}: the written tree does not verify: " + "; ".join(problems[:5]))
     if current and (current.prefix, current.distribution) != (spec.prefix, spec.distribution):
         tree.remove_tree(ctx.publish_root, current.prefix, current.distribution)
-    _cleanup(task, spec.prefix, doc.metadata.name, tree.referenced_paths(components))
+    keep = tree.referenced_paths(components)
+    if current and current.prefix == spec.prefix:
+        # A client one publish behind still holds the previous indexes (by-hash keeps
+        # them): its package files stay until the next publish.
+        keep |= tree.referenced_paths(_existing_components(task.store, current.sources))
+    _cleanup(task, spec.prefix, doc.metadata.name, keep)
     return result
+
+
+def _existing_components(store: Store, sources: dict[str, str]) -> dict[str, list[Package]]:
+    """Like load_components, skipping snapshots that no longer exist."""
+    return load_components(store, {c: s for c, s in sources.items() if store.snapshots.get(s) is not None})
 
 
 def _keyring(ctx: tasks.Context, signer: gpg.Signer | None) -> Path | None:
