@@ -34,7 +34,6 @@ from reconciler.errors import ReconcilerError, VerifyError
 
 TIMEOUT = 120  # seconds; gpg never legitimately takes this long for one Release
 WEAK_DIGESTS = {"1": "MD5", "2": "SHA-1", "3": "RIPEMD-160"}
-_ENV = {**os.environ, "LC_ALL": "C"}
 
 _SIGNED_HEADER = b"-----BEGIN PGP SIGNED MESSAGE-----"
 _SIG_BEGIN = b"-----BEGIN PGP SIGNATURE-----"
@@ -235,6 +234,7 @@ class Signer:
             self.key = self._import(Path(key_file))
         else:
             self.key = key
+            self._gpg(["--list-secret-keys", key], action="looking up the secret key")
 
     def _prepare_home(self) -> None:
         self.gnupghome.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -286,8 +286,17 @@ class Signer:
         if proc.returncode != 0:
             key = getattr(self, "key", None)  # not known yet while importing
             with_key = f" with key {key}" if key else ""
-            raise GpgError(f"gpg {action}{with_key} in {self._home_name()} failed: {summarise(proc.stderr)}")
+            raise GpgError(f"gpg {action}{with_key} in {self._home_name()} failed: "
+                           f"{summarise(proc.stderr)}{self._socket_hint(proc.stderr)}")
         return proc
+
+    def _socket_hint(self, stderr: bytes) -> str:
+        """gpg-agent's socket lives in GNUPGHOME and a socket path has at most 107 bytes."""
+        home = str(self.gnupghome or "")
+        if b"agent" not in stderr or len(home) + len("/S.gpg-agent.browser") < 108:
+            return ""
+        return (f" (GNUPGHOME is {len(home)} characters long, too long for gpg-agent's socket: "
+                "use a shorter root directory)")
 
     def _home_name(self) -> str:
         return str(self.gnupghome) if self.gnupghome else "the default GNUPGHOME"
@@ -320,7 +329,8 @@ def _first_secret_fingerprint(colons: str) -> str | None:
 
 def _run(cmd: list[str], *, stdin: bytes | None = None, text: bool = True) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, env=_ENV, timeout=TIMEOUT)
+        env = {**os.environ, "LC_ALL": "C"}  # read now: GNUPGHOME may change after import
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, env=env, timeout=TIMEOUT)
     except FileNotFoundError as exc:
         raise GpgError(f"{cmd[0]} is not installed (apt-get install gpg gpgv)") from exc
     except subprocess.TimeoutExpired as exc:

@@ -6,7 +6,8 @@ Layout under PUBLISH_ROOT/PREFIX, as apt and Debian's own archive expect it:
     dists/DIST/COMPONENT/binary-ARCH/Packages{,.gz,.xz}, Release
     dists/DIST/COMPONENT/debian-installer/binary-ARCH/Packages{,.gz,.xz}   (udebs)
     dists/DIST/COMPONENT/source/Sources{,.gz,.xz}, Release
-    dists/DIST/.../by-hash/SHA256/HEX        every index again, under its digest
+    dists/DIST/.../by-hash/SHA256/HEX        every index again, under its digests
+    dists/DIST/.../by-hash/SHA512/HEX
     dists/DIST/Release, InRelease, Release.gpg
 
 The atomic switch. apt reads a repository in a fixed order: InRelease (or Release
@@ -17,7 +18,8 @@ apt reads first:
 1. new pool links (old ones stay, so the old indexes still resolve);
 2. every index, complete, into a staging directory beside the tree, hashed while
    it is written; with Acquire-By-Hash each is also hard-linked to its
-   `by-hash/SHA256/HEX` name, a name no earlier generation can hold other bytes under;
+   `by-hash/SHA512/HEX` and `by-hash/SHA256/HEX` names, names no earlier
+   generation can hold other bytes under;
 3. the plain-named indexes renamed into place (`os.replace`, atomic per file);
 4. Release.gpg, Release and, last, InRelease renamed into place.
 
@@ -53,11 +55,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from reconciler.debian.index import (
-    RELEASE_SECTIONS,
     IndexWriter,
     WrittenFile,
+    format_release,
     format_stanza,
     parse_release,
+    rfc2822,
     write_small,
 )
 from reconciler.debian.package import Package, PackageFile
@@ -67,13 +70,14 @@ from reconciler.pool import LocalPackagePool, file_sha256
 
 SIGNATURE_FILES = ("Release.gpg", "Release", "InRelease")  # the order they switch in
 STAGING_PREFIX = ".staging-"
-BY_HASH = ("by-hash", "SHA256")
+# apt fetches by-hash under the strongest digest the Release lists (SHA512 here) and
+# falls back to the plain name when that is missing, which would reopen the window
+# by-hash closes; other clients (aptly, reprepro) ask for SHA256. Both are hard links.
+BY_HASH = {"SHA256": "sha256", "SHA512": "sha512"}
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._~-]*(/[A-Za-z0-9][A-Za-z0-9+._~-]*)*$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._~-]*$")
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9+._~%:-]+$")
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 @dataclass(frozen=True)
@@ -174,13 +178,13 @@ def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None
             inrelease, detached = signer.sign(release)
             (stage / "InRelease").write_bytes(inrelease)
             (stage / "Release.gpg").write_bytes(detached)
-        previous = _release_sha256s(target / "Release")
+        previous = _release_digests(target / "Release")
         if req.acquire_by_hash:
             _link_by_hash(stage, target, files)
         _switch(stage, target, files)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    current = {f.path: f.digests["sha256"] for f in files}
+    current = {f.path: f.digests for f in files}
     _prune_dist(target, current, previous, signed=signer is not None)
     return TreeResult(
         dist_dir=target,
@@ -356,48 +360,22 @@ def _stanza(comp: str, pkg: Package) -> dict[str, str]:
 
 def _dir_release(req: TreeRequest, directory: Path, comp: str, arch: str) -> WrittenFile:
     """The small per-directory Release (`main/binary-amd64/Release`) apt also accepts."""
-    fields = {"Archive": req.suite or req.distribution}
-    if req.origin:
-        fields["Origin"] = req.origin
-    if req.label:
-        fields["Label"] = req.label
-    if req.acquire_by_hash:
-        fields["Acquire-By-Hash"] = "yes"
-    fields["Component"] = comp
-    fields["Architecture"] = arch
-    return write_small(directory / "Release", format_stanza(fields))
+    fields = {"Archive": req.suite or req.distribution, "Origin": req.origin, "Label": req.label,
+              "Acquire-By-Hash": "yes" if req.acquire_by_hash else None,
+              "Component": comp, "Architecture": arch}
+    return write_small(directory / "Release", format_stanza({k: v for k, v in fields.items() if v}))
 
 
 def _release_text(req: TreeRequest, files: list[IndexEntry]) -> str:
     date = req.date or datetime.now(timezone.utc)
-    fields: dict[str, str] = {}
-    if req.origin:
-        fields["Origin"] = req.origin
-    if req.label:
-        fields["Label"] = req.label
-    fields["Suite"] = req.suite or req.distribution
-    fields["Codename"] = req.codename or req.distribution
-    fields["Date"] = rfc2822(date)
-    if req.valid_for:
-        fields["Valid-Until"] = rfc2822(date + req.valid_for)
-    fields["Architectures"] = " ".join(dict.fromkeys(req.architectures))
-    fields["Components"] = " ".join(req.components)
-    if req.acquire_by_hash:
-        fields["Acquire-By-Hash"] = "yes"
-    if req.description:
-        fields["Description"] = req.description
-    width = max((len(str(f.size)) for f in files), default=1)
-    for section, algo in RELEASE_SECTIONS.items():
-        fields[section] = "".join(f"\n {f.digests[algo]} {f.size:>{width}} {f.path}" for f in files)
-    return format_stanza(fields)
-
-
-def rfc2822(moment: datetime) -> str:
-    """`Sat, 25 Nov 2026 12:00:00 UTC`, independent of the locale (strftime's %a is not)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    m = moment.astimezone(timezone.utc)
-    return f"{_DAYS[m.weekday()]}, {m.day:02d} {_MONTHS[m.month - 1]} {m.year} {m:%H:%M:%S} UTC"
+    fields = {"Origin": req.origin, "Label": req.label, "Suite": req.suite or req.distribution,
+              "Codename": req.codename or req.distribution, "Date": rfc2822(date),
+              "Valid-Until": rfc2822(date + req.valid_for) if req.valid_for else None,
+              "Architectures": " ".join(dict.fromkeys(req.architectures)),
+              "Components": " ".join(req.components),
+              "Acquire-By-Hash": "yes" if req.acquire_by_hash else None, "Description": req.description}
+    listed = [(f.path, f.size, f.digests) for f in files]
+    return format_release({k: v for k, v in fields.items() if v}, listed)
 
 
 # ---------------------------------------------------------------------------
@@ -406,20 +384,21 @@ def rfc2822(moment: datetime) -> str:
 
 def _link_by_hash(stage: Path, target: Path, files: list[IndexEntry]) -> None:
     for f in files:
-        dest = _by_hash_path(target, f.path, f.digests["sha256"])
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(stage / f.path, dest)
-        except FileExistsError:
-            if dest.stat().st_size != f.size:  # a damaged leftover: replace it atomically
-                tmp = dest.with_name(f".tmp-{dest.name}")
-                tmp.unlink(missing_ok=True)
-                os.link(stage / f.path, tmp)
-                os.replace(tmp, dest)
+        for dest in _by_hash_paths(target, f.path, f.digests):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(stage / f.path, dest)
+            except FileExistsError:
+                if dest.stat().st_size != f.size:  # a damaged leftover: replace it atomically
+                    tmp = dest.with_name(f".tmp-{dest.name}")
+                    tmp.unlink(missing_ok=True)
+                    os.link(stage / f.path, tmp)
+                    os.replace(tmp, dest)
 
 
-def _by_hash_path(target: Path, rel: str, sha256: str) -> Path:
-    return target / posixpath.dirname(rel) / BY_HASH[0] / BY_HASH[1] / sha256
+def _by_hash_paths(target: Path, rel: str, digests: dict[str, str]) -> list[Path]:
+    directory = target / posixpath.dirname(rel) / "by-hash"
+    return [directory / name / digests[algo] for name, algo in BY_HASH.items() if algo in digests]
 
 
 def _switch(stage: Path, target: Path, files: list[IndexEntry]) -> None:
@@ -433,19 +412,22 @@ def _switch(stage: Path, target: Path, files: list[IndexEntry]) -> None:
             os.replace(stage / name, target / name)
 
 
-def _release_sha256s(release: Path) -> dict[str, str]:
-    """path -> sha256 of what the current Release lists: the generation clients may still use."""
+def _release_digests(release: Path) -> dict[str, dict[str, str]]:
+    """path -> digests of what the current Release lists: the generation clients may still use."""
     try:
         info = parse_release(release.read_text(errors="replace"))
     except FileNotFoundError:
         return {}
-    return {path: d["sha256"] for path, (_, d) in info.files.items() if "sha256" in d}
+    return {path: digests for path, (_, digests) in info.files.items()}
 
 
-def _prune_dist(target: Path, current: dict[str, str], previous: dict[str, str], *, signed: bool) -> None:
+def _prune_dist(target: Path, current: dict, previous: dict, *, signed: bool) -> None:
     """Delete what neither this generation nor (by-hash) the previous one lists."""
     keep_hashed = {
-        _by_hash_path(target, path, digest) for gen in (current, previous) for path, digest in gen.items()
+        hashed
+        for generation in (current, previous)
+        for path, digests in generation.items()
+        for hashed in _by_hash_paths(target, path, digests)
     }
     keep_plain = {target / path for path in current}
     if not signed:
@@ -473,7 +455,11 @@ def _own_subdirs(target: Path) -> list[Path]:
 
 
 def _remove_staging(target: Path) -> None:
-    """Staging dirs left by a publish that crashed: never visible to apt, safe to drop."""
+    """Staging dirs left by a publish that crashed: never visible to apt, safe to drop.
+
+    The caller's lock on publish/PREFIX/DIST means no other publish of this
+    distribution is writing one right now.
+    """
     for child in target.glob(STAGING_PREFIX + "*"):
         shutil.rmtree(child, ignore_errors=True)
 

@@ -14,8 +14,10 @@ hashing 40 GB of pool twice would double the cost of a check.
 
 from __future__ import annotations
 
+import lzma
 import posixpath
 import tempfile
+import zlib
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -44,11 +46,15 @@ class _Hasher:
         return self._cache[key]
 
 
-def verify_tree(publish_root: Path, prefix: str, distribution: str, *, keyring: Path | None) -> list[str]:
+def verify_tree(
+    publish_root: Path, prefix: str, distribution: str, *, keyring: Path | None, deep: bool = True
+) -> list[str]:
     """Every problem found in the published prefix/distribution; an empty list means sound.
 
     Without `keyring` the signatures are not checked, only that InRelease says what
-    Release says.
+    Release says. `deep=False` checks package files by existence and size only:
+    enough right after a publish that hard-linked them from the verified pool, where
+    hashing a Debian-sized pool again would cost minutes.
     """
     root = tree.prefix_dir(publish_root, prefix)
     target = tree.dist_dir(publish_root, prefix, distribution)
@@ -61,8 +67,9 @@ def verify_tree(publish_root: Path, prefix: str, distribution: str, *, keyring: 
     info = parse_release(release.decode("utf-8", "replace"))
     problems += _check_validity(info, label)
     hasher = _Hasher()
-    problems += _check_indexes(target, info, hasher, label)
-    problems += _check_packages(root, target, info, hasher, label)
+    found, sound = _check_indexes(target, info, hasher, label)
+    problems += found
+    problems += _check_packages(root, target, sound, hasher if deep else None, label)
     return problems
 
 
@@ -146,18 +153,32 @@ def _check_validity(info: ReleaseInfo, label: str) -> list[str]:
 # Index files
 
 
-def _check_indexes(target: Path, info: ReleaseInfo, hasher: _Hasher, label: str) -> list[str]:
-    problems = []
+def _check_indexes(target: Path, info: ReleaseInfo, hasher: _Hasher, label: str) -> tuple[list[str], set[str]]:
+    """Problems with the files Release lists, and the set of those that match it."""
+    problems, sound = [], set()
     for path, (size, digests) in sorted(info.files.items()):
-        problems += _check_file(target / path, f"{label}/{path}", size, digests.get("sha256"), hasher)
-        if info.acquire_by_hash and "sha256" in digests:
-            hashed = f"{posixpath.dirname(path)}/by-hash/SHA256/{digests['sha256']}"
-            found = _check_file(target / hashed, f"{label}/{hashed}", size, digests["sha256"], hasher)
+        found = _check_file(target / path, f"{label}/{path}", size, digests.get("sha256"), hasher)
+        problems += found
+        if not found:
+            sound.add(path)
+        if info.acquire_by_hash:
+            problems += _check_by_hash(target, path, size, digests, hasher, label)
+    return problems, sound
+
+
+def _check_by_hash(target: Path, path: str, size: int, digests: dict[str, str], hasher: _Hasher,
+                   label: str) -> list[str]:
+    """apt asks for the strongest digest listed, so each listed SHA-2 needs its by-hash copy."""
+    problems = []
+    for name, algo in (("SHA256", "sha256"), ("SHA512", "sha512")):
+        if algo in digests:
+            hashed = f"{posixpath.dirname(path)}/by-hash/{name}/{digests[algo]}"
+            found = _check_file(target / hashed, f"{label}/{hashed}", size, digests.get("sha256"), hasher)
             problems += [f"{p} (by-hash copy of {path})" for p in found]
     return problems
 
 
-def _check_file(path: Path, name: str, size: int | None, sha256: str | None, hasher: _Hasher,
+def _check_file(path: Path, name: str, size: int | None, sha256: str | None, hasher: _Hasher | None,
                 *, needed_by: str = "") -> list[str]:
     why = f" (needed by {needed_by})" if needed_by else ""
     try:
@@ -171,28 +192,26 @@ def _check_file(path: Path, name: str, size: int | None, sha256: str | None, has
     return []
 
 
-def _readable_indexes(target: Path, info: ReleaseInfo) -> Iterator[tuple[str, Path]]:
-    """One readable form of each Packages/Sources index the Release lists."""
+def _readable_indexes(target: Path, sound: set[str]) -> Iterator[tuple[str, Path]]:
+    """One form of each Packages/Sources index that matched the Release (plain if it did)."""
     bases = {
         p.rsplit(".", 1)[0] if p.endswith((".gz", ".xz")) else p
-        for p in info.files
+        for p in sound
         if posixpath.basename(p).split(".")[0] in INDEX_NAMES
     }
     for base in sorted(bases):
-        for suffix in COMPRESSIONS:
-            if base + suffix in info.files and (target / (base + suffix)).is_file():
-                yield base, target / (base + suffix)
-                break
+        suffix = next(s for s in COMPRESSIONS if base + s in sound)
+        yield base, target / (base + suffix)
 
 
 # ---------------------------------------------------------------------------
 # Package files
 
 
-def _check_packages(root: Path, target: Path, info: ReleaseInfo, hasher: _Hasher, label: str) -> list[str]:
+def _check_packages(root: Path, target: Path, sound: set[str], hasher: _Hasher | None, label: str) -> list[str]:
     problems: list[str] = []
     checked: set[str] = set()
-    for base, path in _readable_indexes(target, info):
+    for base, path in _readable_indexes(target, sound):
         try:
             with open_index(path) as fh:
                 for stanza in iter_stanzas(fh):
@@ -200,7 +219,7 @@ def _check_packages(root: Path, target: Path, info: ReleaseInfo, hasher: _Hasher
                         if rel not in checked:
                             checked.add(rel)
                             problems += _check_pool_file(root, rel, size, sha256, who, hasher)
-        except (OSError, EOFError, ValueError) as exc:  # damaged compressed stream
+        except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as exc:  # damaged stream
             problems.append(f"{label}/{base}: unreadable ({exc})")
     return problems
 
@@ -222,10 +241,10 @@ def _stanza_files(stanza: dict[str, str], base: str) -> Iterator[tuple[str, int 
             yield f"{directory}/{parts[2]}", int(parts[1]), parts[0] if has_sha256 else None, f"{name}_{version}_source"
 
 
-def _check_pool_file(root: Path, rel: str, size, sha256, who: str, hasher: _Hasher) -> list[str]:
+def _check_pool_file(root: Path, rel: str, size, sha256, who: str, hasher: _Hasher | None) -> list[str]:
     if not _inside(rel):
         return [f"{rel!r}: path leaves the tree (listed for {who})"]
-    return _check_file(root / rel, rel, size, sha256, hasher, needed_by=who)
+    return _check_file(root / rel, rel, size, sha256 if hasher else None, hasher, needed_by=who)
 
 
 def _inside(rel: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -211,9 +212,8 @@ def test_key_from_an_existing_home(gpg_key, tmp_path):
 
 
 def test_unknown_key_id_fails_with_gpg_message(gpg_key):
-    signer = gpg.Signer(key="0123456789ABCDEF0123456789ABCDEF01234567", gnupghome=gpg_key.home)
-    with pytest.raises(gpg.GpgError, match="0123456789ABCDEF"):
-        signer.clearsign(RELEASE)
+    with pytest.raises(gpg.GpgError, match="secret key with key 0123456789ABCDEF"):
+        gpg.Signer(key="0123456789ABCDEF0123456789ABCDEF01234567", gnupghome=gpg_key.home)
 
 
 def test_key_file_without_a_secret_key_is_refused(gpg_key, home):
@@ -240,3 +240,11 @@ def test_close_stops_the_agent(gpg_key, home):
     assert Path(socket).exists()
     signer.close()
     assert not Path(socket).exists()
+
+
+def test_too_long_home_gets_a_hint(gpg_key, tmp_path):
+    if Path(f"/run/user/{os.getuid()}").is_dir():
+        pytest.skip("gpg puts agent sockets under /run/user here, so long homes work")
+    home = tmp_path / ("x" * (120 - len(str(tmp_path)))) / "gnupg"
+    with pytest.raises(gpg.GpgError, match="too long for gpg-agent's socket"):
+        gpg.Signer(key_file=gpg_key.secret_armored, gnupghome=home)

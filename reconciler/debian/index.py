@@ -22,6 +22,7 @@ import io
 import lzma
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -84,6 +85,32 @@ def format_stanza(fields: dict[str, str]) -> str:
     return "".join(
         f"{k}:{v}\n" if not v or v[0] == "\n" else f"{k}: {v}\n" for k, v in fields.items()
     )
+
+
+def format_release(fields: dict[str, str], files: Iterable[tuple[str, int, dict[str, str]]]) -> str:
+    """Release text: `fields`, then an MD5Sum/SHA1/SHA256/SHA512 section listing each file.
+
+    `files` gives (path relative to dists/DIST, size, {hashlib name: hex}).
+    """
+    files = list(files)
+    width = max((len(str(size)) for _, size, _ in files), default=1)
+    sections = {
+        section: "".join(f"\n {digests[algo]} {size:>{width}} {path}" for path, size, digests in files)
+        for section, algo in RELEASE_SECTIONS.items()
+    }
+    return format_stanza({**fields, **sections})
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def rfc2822(moment: datetime) -> str:
+    """`Sat, 25 Nov 2026 12:00:00 UTC` as Release files date things, whatever the locale."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    m = moment.astimezone(timezone.utc)
+    return f"{_DAYS[m.weekday()]}, {m.day:02d} {_MONTHS[m.month - 1]} {m.year} {m:%H:%M:%S} UTC"
 
 
 @dataclass(frozen=True)
