@@ -218,11 +218,11 @@ def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None) -> Chang
         if probe.error:
             return Change("error", "Mirror", name, f"cannot read upstream: {probe.error}")
         counts = {"added": probe.added, "changed": probe.updated, "removed": probe.removed,
-                  "packages": probe.packages, "downloadBytes": probe.download_bytes}
+                  "numPackages": probe.packages, "downloadBytes": probe.download_bytes}
     if row is None:
         reason = f"{doc.spec.url} {doc.spec.distribution}"
         if counts:
-            reason += f": {counts['packages']} packages, {counts['downloadBytes'] / 1e6:.1f} MB to download"
+            reason += f": {counts['numPackages']} packages, {counts['downloadBytes'] / 1e6:.1f} MB to download"
         return Change("create", "Mirror", name, reason, counts)
     edited = _diff_fields(row.spec, wanted)
     if row.protect != doc.metadata.protect:
@@ -330,3 +330,30 @@ def _drop(kind: str, name: str, row, options: Options, users: list[str]) -> Chan
         return Change("error", kind, name, f"no longer declared but in use by {', '.join(users)}; "
                                            "drop those first or pass --force")
     return Change("drop", kind, name, "no longer declared" + (f" (forced; used by {', '.join(users)})" if users else ""))
+
+
+def package_diff(old, new) -> dict[str, list]:
+    """Packages added, removed and changed between two package collections.
+
+    Each package file counts on its own; where a (type, name, arch) slot both lost and
+    gained one, the pair is reported as a change (an upgrade or a rebuild) instead.
+    """
+    old = {p.key: p for p in old}
+    new = {p.key: p for p in new}
+    came_by_slot: dict[tuple, list] = {}
+    for pkg in sorted((new[k] for k in new.keys() - old.keys()), key=lambda p: p.ref):
+        came_by_slot.setdefault((pkg.type, pkg.name, pkg.arch), []).append(pkg)
+    changed, removed = [], []
+    for pkg in sorted((old[k] for k in old.keys() - new.keys()), key=lambda p: p.ref):
+        partners = came_by_slot.get((pkg.type, pkg.name, pkg.arch))
+        if partners:
+            changed.append([pkg.ref, partners.pop(0).ref])
+        else:
+            removed.append(pkg.ref)
+    added = sorted(p.ref for group in came_by_slot.values() for p in group)
+    return {"added": added, "removed": removed, "changed": changed}
+
+
+def summary(diff: dict[str, list]) -> str:
+    return f"+{len(diff['added'])} ~{len(diff['changed'])} -{len(diff['removed'])}"
+

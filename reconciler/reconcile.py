@@ -61,7 +61,55 @@ def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, wit
     observed = observe(ctx.store())
     if with_probe:
         observed.probes = probe(ctx, specs, observed)
-    return planner.plan(specs, observed, options)
+    the_plan = planner.plan(specs, observed, options)
+    if with_probe:
+        describe(ctx.store(), specs, the_plan)
+    return the_plan
+
+
+def _preview(store: Store, specs: Specs, snapshot: str) -> list | None:
+    """The packages a snapshot has, or would have if created now from its source's current list."""
+    row = store.snapshots.get(snapshot)
+    if row is not None:
+        return [p for _id, p in store.packages.load(store.lists.ids(row.list_digest))]
+    return _preview_new(store, specs, snapshot)
+
+
+def _preview_new(store: Store, specs: Specs, name: str) -> list | None:
+    """Packages a declared snapshot would get if created now (ignoring any existing row)."""
+    doc = specs.snapshots.get(name)
+    if doc is None or not doc.spec.mirror:
+        return None
+    mirror = store.mirrors.get(doc.spec.mirror)
+    if mirror is None:
+        return None
+    packages = [p for _id, p in store.packages.load(store.lists.ids(mirror.list_digest))]
+    archs = sorted({p.arch for p in packages if p.arch not in ("all", "source")})
+    return upstream.select(packages, doc.spec.filter, doc.spec.filterWithDeps, archs)
+
+
+def describe(store: Store, specs: Specs, the_plan: planner.Plan) -> None:
+    """Add package counts to snapshot creates and a per-component package diff to publish changes."""
+    for change in the_plan.changes:
+        if change.kind == "Snapshot" and change.op in ("create", "replace"):
+            preview = _preview_new(store, specs, change.detail.get("series") or change.name)
+            if preview is not None:
+                change.detail["numPackages"] = len(preview)
+                change.reason += f": {len(preview)} packages (from the current mirror list)"
+            continue
+        if change.kind != "Publish" or change.op not in ("create", "switch"):
+            continue
+        before = change.detail.get("before", {})
+        components = {}
+        for comp, snap in change.detail["sources"].items():
+            new = _preview(store, specs, snap)
+            old = _preview(store, specs, before[comp]) if comp in before else []
+            if new is None or old is None:
+                continue
+            components[comp] = planner.package_diff(old, new)
+        change.detail["packages"] = components
+        if components:
+            change.reason += " (" + ", ".join(f"{c}: {planner.summary(d)}" for c, d in components.items()) + ")"
 
 
 @dataclass

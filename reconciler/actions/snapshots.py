@@ -12,7 +12,7 @@ from reconciler import locks, tasks, upstream
 from reconciler.debian.package import Package
 from reconciler.debian.query import version_key
 from reconciler.errors import InUse, NotFound, Refused
-from reconciler.plan import SNAPSHOT_CONTENT
+from reconciler.plan import SNAPSHOT_CONTENT, package_diff
 from reconciler.spec import SnapshotDoc
 from reconciler.state.stores import Store
 
@@ -120,30 +120,11 @@ def rename(ctx: tasks.Context, old: str, new: str) -> str:
 
 
 def diff(store: Store, a: str, b: str) -> dict[str, list]:
-    """Packages added, removed and changed from snapshot A to snapshot B.
-
-    Each package file counts on its own; where a (type, name, arch) slot both lost and
-    gained one, the pair is reported as a change (an upgrade or a rebuild) instead.
-    """
-    refs = []
+    """Packages added, removed and changed from snapshot A to snapshot B."""
+    lists = []
     for name in (a, b):
         row = store.snapshots.get(name)
         if row is None:
             raise NotFound(f"snapshot {name!r} does not exist")
-        refs.append({p.key: p for _id, p in store.packages.load(store.lists.ids(row.list_digest))})
-    old, new = refs
-    gone = [old[k] for k in old.keys() - new.keys()]
-    came = [new[k] for k in new.keys() - old.keys()]
-    slot = lambda p: (p.type, p.name, p.arch)  # noqa: E731
-    came_by_slot: dict[tuple, list[Package]] = {}
-    for pkg in sorted(came, key=lambda p: p.ref):
-        came_by_slot.setdefault(slot(pkg), []).append(pkg)
-    changed, removed = [], []
-    for pkg in sorted(gone, key=lambda p: p.ref):
-        partners = came_by_slot.get(slot(pkg))
-        if partners:
-            changed.append([pkg.ref, partners.pop(0).ref])
-        else:
-            removed.append(pkg.ref)
-    added = sorted(p.ref for group in came_by_slot.values() for p in group)
-    return {"added": added, "removed": removed, "changed": changed}
+        lists.append([p for _id, p in store.packages.load(store.lists.ids(row.list_digest))])
+    return package_diff(*lists)
