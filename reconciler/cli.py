@@ -196,14 +196,30 @@ def _options(owner: str, force: bool, replace: list[str]):
     return Options(owner=owner, force=force, replace=frozenset(replace))
 
 
-def _render_plan(the_plan, fmt: Format) -> str:
+def _package_lines(change) -> list[str]:
+    lines = []
+    if change.kind != "Publish":
+        return []
+    for comp, diff in change.detail.get("packages", {}).items():
+        lines += [f"      {comp}: + {ref}" for ref in diff["added"]]
+        lines += [f"      {comp}: ~ {old} -> {new}" for old, new in diff["changed"]]
+        lines += [f"      {comp}: - {ref}" for ref in diff["removed"]]
+    return lines
+
+
+def _render_plan(the_plan, fmt: Format, *, verbose: bool = False) -> str:
     if fmt is Format.json:
         return the_plan.dumps()
     if fmt is Format.markdown:
         rows = ["| | kind | name | change |", "|---|---|---|---|"]
         rows += [f"| {c.op} | {c.kind} | {c.name} | {c.reason.replace('|', '/')} |" for c in the_plan.changes]
         return "\n".join(rows)
-    lines = [c.text() for c in the_plan.changes] or ["nothing declared"]
+    lines = []
+    for change in the_plan.changes:
+        lines.append(change.text())
+        if verbose:
+            lines += _package_lines(change)
+    lines = lines or ["nothing declared"]
     todo = sum(1 for c in the_plan.changes if c.changes_anything and c.op != "error")
     lines.append(f"plan: {todo} change(s), {len(the_plan.errors)} error(s)")
     return "\n".join(lines)
@@ -214,7 +230,10 @@ def plan(files: FilesOpt, as_json: JsonOpt = False,
          fmt: Annotated[Format, typer.Option("--format", help="text, json or markdown (a PR comment)")] = Format.text,
          detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode",
                                                          help="Exit 2 when anything would change")] = False,
-         owner: OwnerOpt = "default", force: ForceOpt = False, replace: ReplaceOpt = []) -> None:
+         owner: OwnerOpt = "default", force: ForceOpt = False, replace: ReplaceOpt = [],
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the packages each publish "
+                                                                          "change adds, changes, removes")] = False
+         ) -> None:
     """Show what apply would do, per object, with package counts. Downloads no package file.
 
     Example: reconciler plan -f examples/repos --detailed-exitcode
@@ -226,7 +245,7 @@ def plan(files: FilesOpt, as_json: JsonOpt = False,
         the_plan = make_plan(_context(), specs, _options(owner, force, replace))
     except ReconcilerError as exc:
         _fail(exc)
-    typer.echo(_render_plan(the_plan, Format.json if as_json else fmt))
+    typer.echo(_render_plan(the_plan, Format.json if as_json else fmt, verbose=verbose))
     if the_plan.errors:
         raise typer.Exit(1)
     if detailed_exitcode and the_plan.has_changes:
@@ -318,6 +337,112 @@ def diff(kind: Annotated[str, typer.Argument(help="snapshot")], a: str, b: str, 
     for old, new in result["changed"]:
         typer.echo(f"~ {old} -> {new}")
     typer.echo(f"{len(result['added'])} added, {len(result['removed'])} removed, {len(result['changed'])} changed")
+
+
+# -- serve and watch ------------------------------------------------------------------
+
+
+def _duration(text: str, flag: str) -> float:
+    from reconciler.spec import parse_duration
+
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from None
+
+
+def _git_source(url: str, ref: str, path: str, *, username_file: Optional[Path], password_file: Optional[Path],
+                token_file: Optional[Path], ssh_key_file: Optional[Path], verify_commits: bool,
+                trusted_keys_file: Optional[Path]):
+    from reconciler import gitsource
+
+    if (username_file is None) != (password_file is None):
+        raise typer.BadParameter("give both --git-username-file and --git-password-file", param_hint="--git-*")
+    if sum(x is not None for x in (username_file, token_file, ssh_key_file)) > 1:
+        raise typer.BadParameter("choose one of basic auth, --git-token-file, --git-ssh-key-file",
+                                 param_hint="--git-*")
+    if verify_commits != (trusted_keys_file is not None):
+        raise typer.BadParameter("--verify-commits and --trusted-keys-file go together",
+                                 param_hint="--verify-commits")
+    try:
+        gitsource.check_subdir(path)
+        creds = gitsource.Credentials.from_files(username_file=username_file, password_file=password_file,
+                                                 token_file=token_file, ssh_key_file=ssh_key_file)
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--path/--git-*") from None
+    return gitsource.GitSource(url, ref=ref, path=path, cache=STATE.root / "git-cache", credentials=creds,
+                               trusted_keys=trusted_keys_file, workdir=STATE.root / "tmp")
+
+
+PathOpt = Optional[Path]
+
+
+@app.command()
+def serve(
+    specs: Annotated[PathOpt, typer.Option("--specs", help="Spec directory (e.g. a mounted ConfigMap)")] = None,
+    git: Annotated[Optional[str], typer.Option("--git", help="Git repository URL holding the specs")] = None,
+    ref: Annotated[str, typer.Option("--ref", help="Branch, tag or commit to follow")] = "main",
+    path: Annotated[str, typer.Option("--path", help="Directory of the specs inside the repository")] = ".",
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT or [IPV6]:PORT of the API")] = "127.0.0.1:8080",
+    interval: Annotated[str, typer.Option("--interval", help="Reconcile this often (±10%): 30s, 10m, 1h")] = "10m",
+    token_file: Annotated[PathOpt, typer.Option("--token-file", help="Bearer token mutating calls need")] = None,
+    serve_public: Annotated[bool, typer.Option("--serve-public", help="Serve the publish root at /public/")] = False,
+    suspend: Annotated[bool, typer.Option("--suspend", help="Reconcile only on POST /api/reconcile")] = False,
+    owner: OwnerOpt = "default",
+    grace: Annotated[str, typer.Option("--grace-period", help="Time a running task gets after SIGTERM")] = "30s",
+    git_username_file: Annotated[PathOpt, typer.Option("--git-username-file", help="HTTPS basic auth user")] = None,
+    git_password_file: Annotated[PathOpt, typer.Option("--git-password-file", help="HTTPS basic password")] = None,
+    git_token_file: Annotated[PathOpt, typer.Option("--git-token-file", help="HTTPS bearer token")] = None,
+    git_ssh_key_file: Annotated[PathOpt, typer.Option("--git-ssh-key-file", help="SSH private key")] = None,
+    verify_commits: Annotated[bool, typer.Option("--verify-commits", help="Apply only commits signed by a "
+                                                                          "trusted key")] = False,
+    trusted_keys_file: Annotated[PathOpt, typer.Option("--trusted-keys-file", help="OpenPGP public keys that "
+                                                                                    "must sign commits")] = None,
+) -> None:
+    """Reconcile continuously and serve the HTTP API (/api, /healthz, /readyz, /metrics, /openapi.json).
+
+    Example: reconciler serve --specs /etc/reconciler/specs --listen 127.0.0.1:8080
+
+    Example: reconciler serve --git https://git.example/apt.git --ref main --path specs
+    --git-token-file /etc/reconciler/git/token --interval 5m
+    """
+    from reconciler import serve as server
+
+    if (specs is None) == (git is None):
+        raise typer.BadParameter("give exactly one of --specs DIR or --git URL", param_hint="--specs/--git")
+    try:
+        server.parse_listen(listen)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--listen") from None
+    if specs is not None:
+        source = server.DirSource(specs)
+    else:
+        source = _git_source(git, ref, path, username_file=git_username_file, password_file=git_password_file,
+                             token_file=git_token_file, ssh_key_file=git_ssh_key_file,
+                             verify_commits=verify_commits, trusted_keys_file=trusted_keys_file)
+    options = server.Options(listen=listen, interval=_duration(interval, "--interval"), owner=owner,
+                             suspend=suspend, token_file=token_file, serve_public=serve_public,
+                             grace=_duration(grace, "--grace-period"))
+    try:
+        code = server.run(_context(), source, options)
+    except ReconcilerError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+@app.command()
+def watch(files: FilesOpt, owner: OwnerOpt = "default") -> None:
+    """Validate, plan and apply whenever the spec files change; an invalid edit applies nothing.
+
+    Example: reconciler watch -f examples/repos
+    """
+    from reconciler import watch as watcher
+
+    try:
+        code = watcher.run(_context(), files, owner=owner, echo=typer.echo)
+    except ReconcilerError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -149,6 +149,13 @@ class Fetcher:
 
     def _one(self, want: Want, pool: LocalPackagePool) -> int:
         part = pool.temp_path(want.sha256 + ".part")
+        if part.exists() and part.stat().st_size == want.size:
+            # A run killed after the last byte landed but before the import: nothing to fetch.
+            try:
+                pool.import_file(part, sha256=want.sha256, size=want.size, move=True)
+                return want.size
+            except VerifyError:
+                part.unlink(missing_ok=True)
         if want.url.startswith("file:"):
             src = Path(urllib.parse.unquote(urllib.parse.urlparse(want.url).path))
             if not src.exists():
@@ -173,6 +180,13 @@ class Fetcher:
         with self.client.stream("GET", want.url, headers=headers) as response:
             if response.status_code == 404:
                 raise PermanentError(f"{want.path}: HTTP 404 at {want.url}")
+            served = _served_size(response)
+            if served is not None and served != want.size:
+                # Not a cut connection (that is retried and resumed): upstream's file itself
+                # differs from its signed index. A partial of it is of no use either.
+                part.unlink(missing_ok=True)
+                raise VerifyError(f"{want.path}: upstream serves {served} bytes, its index says {want.size}; "
+                                  "not imported")
             self._raise_for(want.url, response.status_code)
             mode = "ab" if have and response.status_code == 206 else "wb"
             with open(part, mode) as fh:
@@ -183,6 +197,19 @@ class Fetcher:
         got = part.stat().st_size
         if got < want.size:
             raise TemporaryError(f"{want.path}: truncated download ({got} of {want.size} bytes)")
+
+
+def _served_size(response: httpx.Response) -> int | None:
+    """The whole file's size as the server states it, when it states it plainly."""
+    if response.headers.get("Content-Encoding", "identity") != "identity":
+        return None
+    if response.status_code in (206, 416):
+        total = response.headers.get("Content-Range", "").rpartition("/")[2]
+    elif response.status_code == 200:
+        total = response.headers.get("Content-Length", "")
+    else:
+        return None
+    return int(total) if total.isdigit() else None
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -48,11 +48,15 @@ class Release:
 
 
 def locations(spec: MirrorSpec) -> tuple[str, str]:
-    """(base of the Release and indexes, root of package Filenames)."""
+    """(base of the Release and indexes, root of package Filenames).
+
+    In a flat repository (`deb URL subdir/`) the indexes live in URL/subdir but, as in
+    apt, Filenames stay relative to URL itself (`Filename: subdir/foo.deb`).
+    """
     url = spec.url.rstrip("/")
     if spec.distribution.endswith("/"):
         flat = join(url, spec.distribution.rstrip("/")) if spec.distribution.strip("/") else url
-        return flat, flat
+        return flat, url
     return join(url, f"dists/{spec.distribution}"), url
 
 

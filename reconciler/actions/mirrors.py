@@ -52,12 +52,19 @@ class SyncResult:
 def diff_counts(old: dict[tuple, set[str]], new: dict[tuple, set[str]]) -> tuple[int, int, int]:
     """(added, changed, removed) packages between two {(type, name, arch): {keys}} maps.
 
-    A slot (type, name, arch) only in `new` counts its packages as added, only in `old`
-    as removed; a slot in both counts its new package files as changed.
+    Per slot (type, name, arch), a package that came pairs with one that went as a
+    change (a new version replacing an old one); the unpaired rest are added or removed.
+    So `after = before + added - removed` always holds, and a version dropped from a
+    slot that keeps another still counts as removed (the removal gate must see it).
     """
-    added = sum(len(keys) for slot, keys in new.items() if slot not in old)
-    removed = sum(len(keys) for slot, keys in old.items() if slot not in new)
-    changed = sum(len(keys - old[slot]) for slot, keys in new.items() if slot in old)
+    added = changed = removed = 0
+    for slot in old.keys() | new.keys():
+        came = len(new.get(slot, set()) - old.get(slot, set()))
+        went = len(old.get(slot, set()) - new.get(slot, set()))
+        paired = min(came, went)
+        changed += paired
+        added += came - paired
+        removed += went - paired
     return added, changed, removed
 
 

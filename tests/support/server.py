@@ -229,7 +229,8 @@ class ArchiveServer:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
+        # A short poll interval: stop() waits up to one interval for serve_forever to notice.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="archive-server", daemon=True)
         self._thread.start()
         return self
