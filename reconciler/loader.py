@@ -201,8 +201,10 @@ def _validate(raw: _Raw, issues: list[SpecIssue]) -> specs.MirrorDoc | specs.Sna
 
 
 def _resolve(path: str, base: Path) -> str:
+    """Absolute, normalised, symlinks NOT followed: on a ConfigMap mount the resolved target
+    is a timestamped directory the kubelet deletes on the next update."""
     p = Path(path).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
+    return os.path.normpath(p if p.is_absolute() else os.path.abspath(base / p))
 
 
 def _resolve_paths(doc, base: Path):

@@ -50,7 +50,7 @@ def test_valid_specs_load_with_paths_resolved(tmp_path):
     write(tmp_path, "a/mirror.yaml", MIRROR.format(name="m1") + "---\n" + SNAPSHOT.format(name="s1", source="mirror: m1"))
     specs = load_specs([tmp_path], env={})
     assert list(specs.mirrors) == ["m1"] and list(specs.snapshots) == ["s1"]
-    assert specs.mirrors["m1"].spec.keyrings == [str((tmp_path / "a/keys/archive.gpg").resolve())]
+    assert specs.mirrors["m1"].spec.keyrings == [str(tmp_path / "a/keys/archive.gpg")]
     assert specs.origins[("Mirror", "m1")].line == 4
 
 
@@ -64,7 +64,7 @@ def test_env_substitution_and_default(tmp_path):
 
 def test_relative_file_url_is_resolved_against_the_spec(tmp_path):
     path = write(tmp_path, "m.yaml", MIRROR.format(name="m1").replace("http://127.0.0.1:1/debian", "file:upstream"))
-    assert load_specs([path], env={}).mirrors["m1"].spec.url == f"file://{(tmp_path / 'upstream').resolve()}"
+    assert load_specs([path], env={}).mirrors["m1"].spec.url == f"file://{tmp_path / 'upstream'}"
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -1,0 +1,502 @@
+"""`reconciler serve`: the reconcile loop, run continuously beside the HTTP API.
+
+The loop is the CLI's `apply`, repeated: load the specs from a source, plan, and
+`reconcile.apply` them; nothing here mutates state by another path. What it adds is
+when to run and what to report:
+
+- A **source** says which revision of the specs it holds now, cheaply: a hash of the
+  files of a spec directory (a ConfigMap mount: kubelet swaps the `..data` link and
+  the visible files change content, which the hash sees), or the commit a git ref
+  names (`gitsource`). A revision not attempted yet is reconciled at once; otherwise
+  every `interval` (±10% jitter, so many replicas of many deployments do not hit the
+  same upstream in step), after failures with exponential backoff capped at the
+  interval. `suspend` keeps the API up and runs only reconciles asked for by
+  `POST /api/reconcile`.
+- The **status** follows kstatus: conditions Ready, Reconciling and Stalled, each
+  with a reason and a message; lastAppliedRevision and lastAttemptedRevision; the
+  last plan's summary; a status per object. Stalled means a person must act: the
+  specs do not load, the plan refuses (an in-use drop, an edited snapshot), the head
+  commit is not trusted. A source or upstream that is down is not stalled: it is
+  retried. Whatever fails, the last good published trees stay as they are, because a
+  failing reconcile changes nothing it has not completed.
+- **Shutdown** (SIGTERM): uvicorn stops accepting connections and lets running
+  requests finish; the loop starts no new task, lets the running one finish, and the
+  process exits within the grace period even if that task does not (tasks are
+  crash-safe: a killed one is resumed by the next run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from reconciler import api, reconcile, tasks
+from reconciler.errors import ReconcilerError, Refused, SpecError, TemporaryError
+from reconciler.gitsource import SourceError, UntrustedCommit
+from reconciler.loader import Specs, load_specs
+from reconciler.metrics import MeteredPool, Metrics
+from reconciler.plan import Options as PlanOptions
+from reconciler.spec import MirrorDoc
+from reconciler.state.stores import now
+
+log = logging.getLogger("reconciler.serve")
+BACKOFF_START = 5.0  # seconds before the first retry; doubles per failure, capped at the interval
+DIR_POLL = 2.0  # a spec directory is re-hashed this often (a few small files)
+GIT_POLL = 60.0  # a git ref is checked at most this often (one request)
+_OBJECT = re.compile(r"^(?:FAILED )?(mirror|snapshot|publish)/([^:\s]+)")
+
+
+class Source(Protocol):
+    def describe(self) -> dict: ...
+
+    def check(self) -> str: ...
+
+    def load(self, revision: str) -> tuple[str, Specs]: ...
+
+
+# -- spec directory source ------------------------------------------------------------
+
+
+def spec_revision(root: Path) -> str:
+    """sha256 over every visible file's relative path and content (symlinks followed)."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # ConfigMap: ..data, ..2026_...
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = Path(dirpath, name)
+            try:
+                content = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                continue  # vanished mid-walk (a swap): load() notices the revision moved
+            digest.update(f"{path.relative_to(root).as_posix()}\0{content}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+class DirSource:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def describe(self) -> dict:
+        return {"type": "directory", "path": str(self.path)}
+
+    def check(self) -> str:
+        return spec_revision(self.path)
+
+    def load(self, revision: str) -> tuple[str, Specs]:
+        """Load the specs, and the revision they were read at: re-hash until it holds still."""
+        for _ in range(5):
+            specs = load_specs([self.path])
+            after = self.check()
+            if after == revision:
+                return revision, specs
+            revision = after
+        raise TemporaryError(f"{self.path}: the spec files kept changing while being read")
+
+
+# -- the controller -------------------------------------------------------------------
+
+
+class _Stopping(Exception):
+    """Raised from apply's echo once shutdown began: no new task starts after the running one."""
+
+
+@dataclass
+class _Outcome:
+    ok: bool
+    reason: str
+    message: str
+    stalled: bool = False
+
+
+class Controller:
+    """Runs the loop in a thread; the API reads its status and asks it for reconciles."""
+
+    def __init__(self, ctx: tasks.Context, source: Source, *, interval: float, owner: str = "default",
+                 suspend: bool = False, metrics: Metrics | None = None):
+        self.ctx, self.source, self.interval, self.owner, self.suspend = ctx, source, interval, owner, suspend
+        self.metrics = metrics or Metrics(ctx)
+        self.poll = min(interval, GIT_POLL if source.describe()["type"] == "git" else DIR_POLL)
+        self.specs: Specs | None = None
+        self.ready = False
+        self.stop_event = threading.Event()
+        self.stopped_at: float | None = None
+        self._lock = threading.Condition()
+        self._wake = threading.Event()
+        self._manual = False
+        self._running = False
+        self._completed = 0
+        self._failures = 0
+        self._attempted_check: str | None = None
+        self._thread: threading.Thread | None = None
+        self._status = _Status()
+
+    # -- what the API uses ------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and (self._thread.is_alive() or self.stop_event.is_set())
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def status(self) -> dict:
+        with self._lock:
+            return self._status.to_json(source=self.source.describe(), suspended=self.suspend,
+                                        failures=self._failures)
+
+    def declared_mirror(self, name: str) -> MirrorDoc | None:
+        specs = self.specs
+        return specs.mirrors.get(name) if specs else None
+
+    def request(self, *, wait: bool = False, timeout: float | None = None) -> bool:
+        """Ask for a reconcile now; with `wait`, block until one that started after this call ended."""
+        with self._lock:
+            target = self._completed + (2 if self._running else 1)
+            self._manual = True
+            self._wake.set()
+            if not wait:
+                return True
+            return self._lock.wait_for(lambda: self._completed >= target or self.stop_event.is_set(), timeout)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name="reconcile-loop", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self) -> None:
+        if not self.stop_event.is_set():
+            self.stopped_at = time.monotonic()
+            log.info("stopping: no new tasks; waiting for the running one")
+        self.stop_event.set()
+        self._wake.set()
+        with self._lock:
+            self._lock.notify_all()
+
+    def run(self) -> None:
+        next_due = 0.0
+        while not self.stop_event.is_set():
+            checked, error = self._check()
+            with self._lock:
+                manual, self._manual = self._manual, False
+                new = checked is not None and checked != self._attempted_check
+                due = time.monotonic() >= next_due
+                go = manual or (not self.suspend and (new or due))
+                self._running = go
+            if go:
+                ok = self._attempt(checked if not manual else None, error if not manual else None)
+                self._failures = 0 if ok else self._failures + 1
+                next_due = time.monotonic() + self._delay()
+            self._wake.wait(max(0.0, min(next_due - time.monotonic(), self.poll)))
+            self._wake.clear()
+
+    def _delay(self) -> float:
+        base = self.interval if not self._failures else min(self.interval, BACKOFF_START * 2 ** (self._failures - 1))
+        return base * random.uniform(0.9, 1.1)
+
+    def _check(self) -> tuple[str | None, ReconcilerError | None]:
+        try:
+            return self.source.check(), None
+        except ReconcilerError as exc:
+            return None, exc
+
+    # -- one reconcile ----------------------------------------------------------------
+
+    def _attempt(self, checked: str | None, error: ReconcilerError | None) -> bool:
+        started = time.monotonic()
+        with self._lock:
+            self._status.begin(checked)
+        try:
+            outcome = self._reconcile(checked, error)
+        except Exception as exc:  # a bug must not end the loop: report it and retry
+            log.exception("reconcile failed unexpectedly")
+            outcome = _Outcome(False, "InternalError", f"{type(exc).__name__}: {exc}")
+        seconds = time.monotonic() - started
+        self.metrics.reconcile_duration.labels("all", "all").observe(seconds)
+        if outcome.ok:
+            self.ready = True
+            self.metrics.ready.set(1)
+            self.metrics.last_success.set(time.time())
+        else:
+            self.metrics.reconcile_failures.labels(outcome.reason).inc()
+        (log.info if outcome.ok else log.warning)("%s: %s (%.1fs)", outcome.reason, outcome.message, seconds)
+        with self._lock:
+            self._status.end(outcome, failures=self._failures + (0 if outcome.ok else 1))
+            self._running = False
+            self._completed += 1
+            self._lock.notify_all()
+        return outcome.ok
+
+    def _reconcile(self, checked: str | None, error: ReconcilerError | None) -> _Outcome:
+        try:
+            if error is not None:
+                raise error
+            if checked is None:  # asked for by hand: look at the source now, not at the last poll
+                checked = self.source.check()
+            self._attempted_check = checked
+            with self._lock:
+                self._status.attempted(checked)
+            revision, specs = self.source.load(checked)
+            for warning in specs.warnings:
+                log.warning("%s", warning)
+            with self._lock:
+                self._status.attempted(revision)
+            self.specs = specs
+            return self._apply(revision, specs)
+        except SpecError as exc:
+            return _Outcome(False, "SpecInvalid", str(exc), stalled=True)
+        except UntrustedCommit as exc:
+            return _Outcome(False, "VerificationFailed", str(exc), stalled=True)
+        except Refused as exc:
+            return _Outcome(False, "PlanRefused", str(exc), stalled=True)
+        except SourceError as exc:
+            return _Outcome(False, "SourceUnavailable", str(exc))
+        except _Stopping:
+            return _Outcome(False, "Interrupted", "shutdown began; the remaining changes wait for the next start")
+        except ReconcilerError as exc:
+            return _Outcome(False, "ReconcileFailed", str(exc))
+
+    def _apply(self, revision: str, specs: Specs) -> _Outcome:
+        if self.stop_event.is_set():
+            raise _Stopping()
+        options = PlanOptions(owner=self.owner)
+        the_plan = reconcile.make_plan(self.ctx, specs, options, with_probe=False)
+        with self._lock:
+            self._status.planned(revision, the_plan)
+        progress = _Progress(self)
+        report = reconcile.apply(self.ctx, specs, options, echo=progress)
+        with self._lock:
+            self._status.reported(report, progress.lines)
+        if not report.ok:
+            return _Outcome(False, "ReconcileFailed", f"revision {revision}: {len(report.failures)} change(s) "
+                                                      f"failed: " + "; ".join(report.failures))
+        with self._lock:
+            self._status.applied(revision)
+        changed = sum(1 for c in the_plan.changes if c.changes_anything)
+        return _Outcome(True, "ReconciliationSucceeded", f"applied revision {revision} ({changed} change(s))")
+
+
+class _Progress:
+    """apply's `echo`: apply echoes one line per change it ran, once it ran. So the time
+    since the previous line is that change's duration, and the moment to stop between
+    tasks on shutdown."""
+
+    def __init__(self, controller: Controller):
+        self.controller = controller
+        self.mark = time.monotonic()
+        self.lines: dict[tuple[str, str], str] = {}
+
+    def __call__(self, text: str) -> None:
+        now_ = time.monotonic()
+        seconds, self.mark = now_ - self.mark, now_
+        log.info("%s", text)
+        found = [m for m in map(_OBJECT.match, text.splitlines()) if m]
+        if found:
+            kind, name = found[-1].group(1).capitalize(), found[-1].group(2)
+            self.lines[(kind, name)] = text.splitlines()[-1]
+            metrics = self.controller.metrics
+            metrics.reconcile_duration.labels(kind, name).observe(seconds)
+            op = self.controller._status.op_of(kind, name)
+            metrics.task_duration.labels(kind, op).observe(seconds)
+        if self.controller.stop_event.is_set():
+            raise _Stopping()
+
+
+class _Status:
+    """The kstatus-style document behind GET /api/status (guarded by the controller's lock)."""
+
+    def __init__(self) -> None:
+        stamp = now()
+        self.conditions = {
+            "Ready": _condition("Ready", False, "Initializing", "no reconcile has finished yet", stamp),
+            "Reconciling": _condition("Reconciling", True, "Initializing", "starting", stamp),
+            "Stalled": _condition("Stalled", False, "Initializing", "", stamp),
+        }
+        self.applied_revision: str | None = None
+        self.attempted_revision: str | None = None
+        self.last_attempt: str | None = None
+        self.last_success: str | None = None
+        self.plan: dict | None = None
+        self.report: dict | None = None
+        self.objects: dict[tuple[str, str], dict] = {}
+
+    def set(self, kind: str, value: bool, reason: str, message: str) -> None:
+        cond = self.conditions[kind]
+        status = "True" if value else "False"
+        if cond["status"] != status:
+            cond["lastTransitionTime"] = now()
+        cond.update(status=status, reason=reason, message=message)
+
+    def begin(self, checked: str | None) -> None:
+        self.last_attempt = now()
+        self.set("Reconciling", True, "Progressing", f"reconciling {checked or 'the current revision'}")
+
+    def attempted(self, revision: str) -> None:
+        self.attempted_revision = revision
+
+    def planned(self, revision: str, the_plan) -> None:
+        summary = the_plan.to_json()
+        self.plan = {"revision": revision, "summary": summary["summary"], "hasChanges": summary["hasChanges"],
+                     "errors": summary["errors"], "changes": [c.text() for c in the_plan.changes]}
+        self.objects = {(c.kind, c.name): {"kind": c.kind, "name": c.name, "op": c.op, "reason": c.reason,
+                                           "status": "Pending" if c.changes_anything else "Current",
+                                           "message": c.reason}
+                        for c in the_plan.changes}
+
+    def op_of(self, kind: str, name: str) -> str:
+        return self.objects.get((kind, name), {}).get("op", "unknown")
+
+    def reported(self, report, lines: dict[tuple[str, str], str]) -> None:
+        self.report = {"lines": list(report.lines), "failures": list(report.failures)}
+        failed = {}
+        for failure in report.failures:
+            match = _OBJECT.match(failure)
+            if match:
+                failed[(match.group(1).capitalize(), match.group(2))] = failure
+        for key, obj in self.objects.items():
+            if key in failed:
+                obj.update(status="Failed", message=failed[key])
+            elif key in lines:
+                obj.update(status="Current", message=lines[key])
+            elif obj["status"] == "Pending":
+                obj["status"] = "Current" if obj["op"] == "unmanaged" else "Unknown"
+
+    def applied(self, revision: str) -> None:
+        self.applied_revision = revision
+        self.last_success = now()
+
+    def end(self, outcome: _Outcome, *, failures: int) -> None:
+        if outcome.ok:
+            self.set("Ready", True, outcome.reason, outcome.message)
+            self.set("Reconciling", False, outcome.reason, "")
+            self.set("Stalled", False, outcome.reason, "")
+            return
+        self.set("Ready", False, outcome.reason, outcome.message)
+        self.set("Stalled", outcome.stalled, outcome.reason, outcome.message if outcome.stalled else "")
+        retry = "waiting for a new revision" if outcome.stalled else f"retrying with backoff ({failures} failure(s))"
+        self.set("Reconciling", not outcome.stalled, outcome.reason, retry)
+
+    def to_json(self, *, source: dict, suspended: bool, failures: int) -> dict:
+        return {
+            "source": source,
+            "suspended": suspended,
+            "conditions": [dict(c) for c in self.conditions.values()],
+            "lastAppliedRevision": self.applied_revision,
+            "lastAttemptedRevision": self.attempted_revision,
+            "lastAttemptTime": self.last_attempt,
+            "lastSuccessTime": self.last_success,
+            "consecutiveFailures": failures,
+            "lastPlan": self.plan,
+            "lastReport": self.report,
+            "objects": [dict(o) for o in self.objects.values()],
+        }
+
+
+def _condition(kind: str, value: bool, reason: str, message: str, stamp: str) -> dict:
+    return {"type": kind, "status": "True" if value else "False", "reason": reason, "message": message,
+            "lastTransitionTime": stamp}
+
+
+# -- the process ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    listen: str = "127.0.0.1:8080"
+    interval: float = 600.0
+    owner: str = "default"
+    suspend: bool = False
+    token_file: Path | None = None
+    serve_public: bool = False
+    grace: float = 30.0
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPV6]:PORT` → (host, port)."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
+    if not match:
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT or [IPV6]:PORT")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"--listen {text!r}: port out of range")
+    return host, port
+
+
+def _bind(listen: str) -> socket.socket:
+    host, port = parse_listen(listen)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # connections queue from now on, before uvicorn's loop runs
+    except OSError as exc:
+        sock.close()
+        raise ReconcilerError(f"cannot listen on {listen}: {exc.strerror}") from None
+    return sock
+
+
+def _server(app, stop: Callable[[], None], grace: float):
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # SIGTERM/SIGINT: stop the loop too, at once
+            stop()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=max(1, int(grace)))
+    return Server(config)
+
+
+def run(ctx: tasks.Context, source: Source, options: Options) -> int:
+    """Serve until SIGTERM/SIGINT; the exit is bounded by `options.grace` seconds."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per package file otherwise
+    metrics = Metrics(ctx)
+    ctx.pool = MeteredPool(ctx.pool.root, metrics.download_bytes.inc)
+    controller = Controller(ctx, source, interval=options.interval, owner=options.owner,
+                            suspend=options.suspend, metrics=metrics)
+    app = api.create_app(ctx, controller, metrics=metrics, token_file=options.token_file,
+                         serve_public=options.serve_public)
+    sock = _bind(options.listen)
+    server = _server(app, controller.stop, options.grace)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # what uvicorn restores and re-raises after its shutdown
+        signal.signal(sig, lambda *_: controller.stop())
+    thread = controller.start()
+    host, port = sock.getsockname()[:2]
+    log.info("listening on http://%s:%d (source %s)", f"[{host}]" if ":" in host else host, port,
+             source.describe())
+    try:
+        server.run(sockets=[sock])
+    finally:
+        controller.stop()
+    left = options.grace - (time.monotonic() - (controller.stopped_at or time.monotonic()))
+    thread.join(timeout=max(0.0, left))
+    if thread.is_alive() or _busy_threads():
+        log.warning("grace period over with a task still running; it resumes on the next start")
+        logging.shutdown()
+        os._exit(0)  # download threads (non-daemon) would otherwise hold the interpreter open
+    log.info("stopped")
+    return 0
+
+
+def _busy_threads() -> list[threading.Thread]:
+    """Threads the interpreter would wait for at exit: a task still running in a request."""
+    main = threading.main_thread()
+    return [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
