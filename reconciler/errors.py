@@ -88,6 +88,12 @@ class VerifyError(PermanentError):
     """A signature, size or checksum did not match what the signed metadata says."""
 
 
+class StorageError(ReconcilerError):
+    """The disk refused a write: full, read-only, or no permission."""
+
+    http_status = 507
+
+
 class StateError(ReconcilerError):
     """The state database is unreadable, corrupt or from a newer version."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from reconciler import locks
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ReconcilerError, StorageError
 from reconciler.pool import FilesystemPool
 from reconciler.state import db as statedb
 from reconciler.state.stores import Store, now
@@ -96,8 +97,19 @@ class Task:
 
 
 def _record(db, task_id: int, **values: object) -> None:
+    """Record task progress; on a full or read-only disk the record is lost, not the error."""
     sets = ", ".join(f"{k} = ?" for k in values)
-    db.execute(f"UPDATE tasks SET {sets} WHERE id = ?", [*values.values(), task_id])
+    try:
+        db.execute(f"UPDATE tasks SET {sets} WHERE id = ?", [*values.values(), task_id])
+    except sqlite3.OperationalError:
+        if values.get("state") != "failed":
+            raise
+
+
+def storage_error(name: str, exc: OSError) -> StorageError:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return StorageError(f"{name}: {exc.strerror or exc}{where}; the database keeps its state from before this "
+                        "task and partial downloads stay resumable")
 
 
 def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *,
@@ -115,6 +127,12 @@ def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *
     except ReconcilerError as exc:
         if "task" in locals():
             _record(db, task.id, state="failed", ended_at=now(), error=str(exc), output="\n".join(task.output))
+        raise
+    except OSError as exc:  # disk full, read-only root: a domain error the caller reports
+        raise storage_error(name, exc) from exc
+    except sqlite3.OperationalError as exc:
+        if "full" in str(exc) or "readonly" in str(exc):
+            raise storage_error(name, OSError(str(exc))) from exc
         raise
     finally:
         db.conn.close()
@@ -148,9 +166,12 @@ def recover(db) -> int:
     stale = [(tid, pid) for tid, pid, ident in
              db.execute("SELECT id, pid, host FROM tasks WHERE state IN ('running', 'queued')").fetchall()
              if not locks.alive(pid, ident or "")]
-    for tid, pid in stale:
-        _record(db, tid, state="failed", ended_at=now(), error=f"interrupted: process {pid} is gone")
-        db.execute("DELETE FROM locks WHERE task_id = ?", (tid,))
+    try:
+        for tid, pid in stale:
+            _record(db, tid, state="failed", ended_at=now(), error=f"interrupted: process {pid} is gone")
+            db.execute("DELETE FROM locks WHERE task_id = ?", (tid,))
+    except sqlite3.OperationalError:
+        return 0  # a full or read-only disk: reads still work, the next writable start recovers
     return len(stale)
 
 

@@ -13,6 +13,7 @@ reads one small row each, and the package count is stored with the list it count
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,9 +146,20 @@ def connect(path: Path, *, migrate: bool = True) -> sqlite_utils.Database:
         else:
             check_version(db)
     except sqlite3.DatabaseError as exc:
-        raise StateError(f"{path}: the state database cannot be used: {exc}. "
-                         "Run `reconciler verify` for details, or restore it from a backup.") from exc
+        raise StateError(_diagnose(path, exc)) from exc
     return db
+
+
+def _diagnose(path: Path, exc: sqlite3.DatabaseError) -> str:
+    """Say why the database cannot be used: a read-only root is not a corrupt database."""
+    directory = path.parent
+    if not os.access(directory, os.W_OK) or os.statvfs(directory).f_flag & os.ST_RDONLY:
+        return (f"{directory} is read-only: reconciler needs to write its state database there "
+                f"({exc}); nothing was changed")
+    if "full" in str(exc):
+        return f"{path}: the disk is full ({exc}); nothing was changed"
+    return (f"{path}: the state database cannot be used: {exc}. "
+            "Run `reconciler verify` for details, or restore it from a backup.")
 
 
 def check_version(db: sqlite_utils.Database) -> int:
