@@ -1,0 +1,1 @@
+"""Benchmarks of reconciler against aptly on the same synthetic archive (see README.md)."""

@@ -1,0 +1,142 @@
+"""The two tools under test, as command lines for each step of the scenario.
+
+Both expose the same verbs: `update()` (sync the mirror with upstream: a full sync
+the first time, an incremental one later), `snapshot(name)`, `publish(snapshot)`
+(first publish, or a switch when already published). `reconciler` is driven the
+GitOps way: each step writes the spec set as it stands at that point and runs
+`reconciler apply` on all of it, so each of its steps also re-checks the mirror's
+upstream Release (one request and a gpgv). `aptly` runs its imperative commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bench.upstream import DISTRIBUTION
+
+MIRROR = "bench"
+RECONCILER = str(Path(sys.executable).parent / "reconciler")
+APTLY = "/usr/bin/aptly"
+
+
+@dataclass
+class Keys:
+    """The upstream archive's public keyring and the publishing key (fingerprint, armored
+    secret, binary public keyring, and a GNUPGHOME holding it for aptly)."""
+
+    upstream_keyring: Path
+    signing_fpr: str
+    signing_secret: Path
+    signing_keyring: Path
+    signing_home: Path
+
+
+@dataclass
+class Reconciler:
+    name = "reconciler"
+    root: Path
+    url: str
+    keys: Keys
+    snapshots: list[str] = field(default_factory=list)
+    published: str | None = None
+
+    @property
+    def specs(self) -> Path:
+        return self.root.parent / f"{self.root.name}-specs"
+
+    def prepare(self) -> None:
+        self.specs.mkdir(parents=True, exist_ok=True)
+
+    def create(self) -> list[str] | None:
+        """No separate step: the first apply creates the mirror."""
+        return None
+
+    def update(self) -> list[str]:
+        return self._apply()
+
+    def snapshot(self, name: str) -> list[str]:
+        self.snapshots.append(name)
+        return self._apply()
+
+    def publish(self, snapshot: str) -> list[str]:
+        self.published = snapshot
+        return self._apply()
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _apply(self) -> list[str]:
+        (self.specs / "bench.yaml").write_text(yaml.safe_dump_all(self._documents(), sort_keys=False))
+        return [RECONCILER, "--root", str(self.root), "apply", "-f", str(self.specs)]
+
+    def _documents(self) -> list[dict]:
+        docs = [_doc("Mirror", MIRROR, {
+            "url": self.url, "distribution": DISTRIBUTION, "components": ["main"],
+            "architectures": ["amd64"], "keyrings": [str(self.keys.upstream_keyring)]})]
+        docs += [_doc("Snapshot", s, {"mirror": MIRROR}) for s in self.snapshots]
+        if self.published:
+            docs.append(_doc("Publish", "bench", {
+                "distribution": DISTRIBUTION, "components": {"main": self.published},
+                "signing": {"keyFile": str(self.keys.signing_secret)}}))
+        return docs
+
+
+def _doc(kind: str, name: str, spec: dict) -> dict:
+    return {"apiVersion": "reconciler/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+@dataclass
+class Aptly:
+    name = "aptly"
+    root: Path
+    url: str
+    keys: Keys
+    published: str | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.root / "aptly.conf"
+
+    def prepare(self) -> None:
+        """Write the throwaway config (rootDir inside our temp dir, signatures verified)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(json.dumps({
+            "rootDir": str(self.root / "data"), "downloadConcurrency": 4, "architectures": [],
+            "gpgDisableVerify": False, "gpgDisableSign": False, "gpgProvider": "gpg"}, indent=2))
+
+    def create(self) -> list[str] | None:
+        return self._cmd("mirror", "create", self._upstream_keyring(), "-architectures=amd64",
+                         MIRROR, self.url, DISTRIBUTION, "main")
+
+    def update(self) -> list[str]:
+        return self._cmd("mirror", "update", self._upstream_keyring(), MIRROR)
+
+    def snapshot(self, name: str) -> list[str]:
+        return self._cmd("snapshot", "create", name, "from", "mirror", MIRROR)
+
+    def publish(self, snapshot: str) -> list[str]:
+        first, self.published = self.published is None, snapshot
+        if first:
+            return self._cmd("publish", "snapshot", *self._signing(), "-acquire-by-hash",
+                             f"-distribution={DISTRIBUTION}", snapshot)
+        return self._cmd("publish", "switch", *self._signing(), DISTRIBUTION, snapshot)
+
+    def env(self) -> dict[str, str]:
+        """aptly signs through gpg, which finds the secret key in GNUPGHOME."""
+        return {**os.environ, "GNUPGHOME": str(self.keys.signing_home)}
+
+    def _upstream_keyring(self) -> str:
+        return f"-keyring={self.keys.upstream_keyring}"
+
+    def _signing(self) -> list[str]:
+        return ["-skip-contents", f"-gpg-key={self.keys.signing_fpr}",
+                f"-keyring={self.keys.signing_keyring}"]
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [APTLY, f"-config={self.config}", *args]
