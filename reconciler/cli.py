@@ -37,7 +37,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (
 def _context():
     from reconciler.tasks import Context
 
-    return Context(STATE.root, publish_root=STATE.publish_root)
+    progress = None
+    if sys.stderr.isatty():
+        from reconciler.progress import RichProgress as progress
+    return Context(STATE.root, publish_root=STATE.publish_root, progress=progress)
 
 
 def _fail(exc: ReconcilerError) -> None:

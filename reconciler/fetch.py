@@ -22,6 +22,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import httpx
@@ -40,6 +41,18 @@ class Want:
     path: str  # as the index names it, for messages
     size: int
     sha256: str
+
+
+class Progress(Protocol):
+    """What a progress display needs from a download: totals, bytes as they land, files done."""
+
+    def start(self, files: int, nbytes: int) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def file_done(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -62,7 +75,7 @@ def join(base: str, path: str) -> str:
 
 class Fetcher:
     def __init__(self, *, concurrency: int = 4, retries: int = 4, timeout: float = 60.0,
-                 backoff: float = 0.5, progress: Callable[[int], None] | None = None):
+                 backoff: float = 0.5, progress: Progress | None = None):
         self.concurrency = concurrency
         self.retries = retries
         self.backoff = backoff
@@ -130,11 +143,12 @@ class Fetcher:
         todo = []
         for want in wants:
             if pool.has(want.sha256, want.size):
-                stats.skipped += 1
-                on_imported(want)
+                stats.skipped += 1  # recorded when it was imported
             else:
                 todo.append(want)
         errors: list[str] = []
+        if self.progress:
+            self.progress.start(len(todo), sum(w.size for w in todo))
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as ex:
             futures = {ex.submit(self._one, want, pool): want for want in todo}
             for future in as_completed(futures):
@@ -144,35 +158,42 @@ class Fetcher:
                     on_imported(want)
                 except (PermanentError, TemporaryError) as exc:
                     errors.append(str(exc))
+                if self.progress:
+                    self.progress.file_done()
         stats.failed = sorted(errors)
         return stats
 
     def _one(self, want: Want, pool: LocalPackagePool) -> int:
         part = pool.temp_path(want.sha256 + ".part")
-        if part.exists() and part.stat().st_size == want.size:
+        if _size(part) == want.size:
             # A run killed after the last byte landed but before the import: nothing to fetch.
             try:
                 pool.import_file(part, sha256=want.sha256, size=want.size, move=True)
                 return want.size
             except VerifyError:
                 part.unlink(missing_ok=True)
+        digest = None
         if want.url.startswith("file:"):
             src = Path(urllib.parse.unquote(urllib.parse.urlparse(want.url).path))
             if not src.exists():
                 raise PermanentError(f"{want.path}: not found at {want.url}")
             shutil.copyfile(src, part)
         else:
-            self._retrying(lambda: self._stream(want, part))
+            digest = self._retrying(lambda: self._stream(want, part))
         try:
-            pool.import_file(part, sha256=want.sha256, size=want.size, move=True)
+            pool.import_file(part, sha256=want.sha256, size=want.size, move=True, actual_sha256=digest)
         except VerifyError as exc:
             part.unlink(missing_ok=True)
             raise VerifyError(f"{want.path}: checksum mismatch, not imported ({exc})") from None
         return want.size
 
-    def _stream(self, want: Want, part: Path) -> None:
-        """Download into `part`, continuing a partial file with a Range request."""
-        have = part.stat().st_size if part.exists() else 0
+    def _stream(self, want: Want, part: Path) -> str:
+        """Download into `part`, continuing a partial file with a Range request.
+
+        Returns the SHA-256 of the whole file, hashed as the bytes arrive (a resumed
+        file's first part is hashed from disk first), so the import need not read it again.
+        """
+        have = _size(part) or 0
         if have >= want.size:
             part.unlink()
             have = 0
@@ -188,15 +209,34 @@ class Fetcher:
                 raise VerifyError(f"{want.path}: upstream serves {served} bytes, its index says {want.size}; "
                                   "not imported")
             self._raise_for(want.url, response.status_code)
-            mode = "ab" if have and response.status_code == 206 else "wb"
-            with open(part, mode) as fh:
+            resume = bool(have) and response.status_code == 206
+            digest = _hash_prefix(part) if resume else hashlib.sha256()
+            got = have if resume else 0
+            with open(part, "ab" if resume else "wb") as fh:
                 for chunk in response.iter_bytes(CHUNK):
                     fh.write(chunk)
+                    digest.update(chunk)
+                    got += len(chunk)
                     if self.progress:
-                        self.progress(len(chunk))
-        got = part.stat().st_size
+                        self.progress.advance(len(chunk))
         if got < want.size:
             raise TemporaryError(f"{want.path}: truncated download ({got} of {want.size} bytes)")
+        return digest.hexdigest()
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _hash_prefix(path: Path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest
 
 
 def _served_size(response: httpx.Response) -> int | None:

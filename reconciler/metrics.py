@@ -85,8 +85,9 @@ class MeteredPool(FilesystemPool):
         super().__init__(root)
         self.on_import = on_import
 
-    def import_file(self, src: Path, *, sha256: str, size: int, move: bool = False) -> None:
+    def import_file(self, src: Path, *, sha256: str, size: int, move: bool = False,
+                    actual_sha256: str | None = None) -> None:
         new = not self.has(sha256, size)
-        super().import_file(src, sha256=sha256, size=size, move=move)
+        super().import_file(src, sha256=sha256, size=size, move=move, actual_sha256=actual_sha256)
         if new:
             self.on_import(size)

@@ -32,7 +32,8 @@ CHUNK = 1 << 20
 class PackagePool(Protocol):
     def has(self, sha256: str, size: int | None = None) -> bool: ...
 
-    def import_file(self, src: Path, *, sha256: str, size: int, move: bool = False) -> None: ...
+    def import_file(self, src: Path, *, sha256: str, size: int, move: bool = False,
+                    actual_sha256: str | None = None) -> None: ...
 
     def open(self, sha256: str) -> BinaryIO: ...
 
@@ -83,13 +84,21 @@ class FilesystemPool:
             return False
         return size is None or st.st_size == size
 
-    def import_file(self, src: Path, *, sha256: str, size: int, move: bool = False) -> None:
-        """Verify `src` against `sha256`/`size` and place it in the pool atomically."""
+    def import_file(self, src: Path, *, sha256: str, size: int, move: bool = False,
+                    actual_sha256: str | None = None) -> None:
+        """Verify `src` against `sha256`/`size` and place it in the pool atomically.
+
+        `actual_sha256` is the digest the caller computed while writing `src` (a download
+        hashes as it streams); without it the file is read and hashed here.
+        """
         if self.has(sha256, size):
             if move:
                 Path(src).unlink(missing_ok=True)
             return
-        actual, actual_size = file_sha256(src)
+        if actual_sha256 is not None:
+            actual, actual_size = actual_sha256, Path(src).stat().st_size
+        else:
+            actual, actual_size = file_sha256(src)
         if actual_size != size or actual != sha256:
             raise VerifyError(
                 f"{src}: expected size {size} sha256 {sha256}, got size {actual_size} sha256 {actual}"

@@ -47,6 +47,8 @@ class Context:
     publish_root: Path | None = None
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     echo: Callable[[str], None] | None = None
+    # Builds a download progress display (fetch.Progress) for a label; None: no display.
+    progress: Callable[[str], object] | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)

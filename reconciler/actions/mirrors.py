@@ -85,10 +85,13 @@ def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: b
     name = doc.metadata.name
 
     def body(task: tasks.Task) -> SyncResult:
-        own = fetcher or Fetcher(concurrency=doc.spec.downloadConcurrency)
+        progress = ctx.progress(f"mirror/{name}") if ctx.progress else None
+        own = fetcher or Fetcher(concurrency=doc.spec.downloadConcurrency, progress=progress)
         try:
             return _sync(task, doc, owner=owner, force=force, fetcher=own)
         finally:
+            if progress:
+                progress.close()
             if fetcher is None:
                 own.close()
 

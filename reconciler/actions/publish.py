@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 
 from pathlib import Path
 
@@ -123,14 +124,22 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
     if current and current.prefix == spec.prefix:
         # A client one publish behind still holds the previous indexes (by-hash keeps
         # them): its package files stay until the next publish.
-        keep |= tree.referenced_paths(_existing_components(task.store, current.sources))
+        keep |= referenced_paths(task.store, current.sources)
     _cleanup(task, spec.prefix, doc.metadata.name, keep)
     return result
 
 
-def _existing_components(store: Store, sources: dict[str, str]) -> dict[str, list[Package]]:
-    """Like load_components, skipping snapshots that no longer exist."""
-    return load_components(store, {c: s for c, s in sources.items() if store.snapshots.get(s) is not None})
+def referenced_paths(store: Store, sources: dict[str, str]) -> set[str]:
+    """Pool paths a publish of `sources` uses, read without decoding any control stanza."""
+    paths: set[str] = set()
+    for comp, snap in sources.items():
+        row = store.snapshots.get(snap)
+        if row is None:
+            continue
+        for source, files in store.packages.source_files(store.lists.ids(row.list_digest)):
+            directory = tree.pool_dir(comp, source)
+            paths.update(f"{directory}/{posixpath.basename(path)}" for path in files)
+    return paths
 
 
 def _keyring(ctx: tasks.Context, signer: gpg.Signer | None) -> Path | None:
@@ -147,7 +156,7 @@ def _cleanup(task: tasks.Task, prefix: str, name: str, mine: set[str]) -> None:
     keep = set(mine)
     for row in task.store.publishes.under_prefix(prefix):
         if row.name != name:
-            keep |= tree.referenced_paths(load_components(task.store, row.sources))
+            keep |= referenced_paths(task.store, row.sources)
     tree.cleanup_pool(task.ctx.publish_root, prefix, keep)
 
 

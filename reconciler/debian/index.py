@@ -239,11 +239,19 @@ class IndexWriter:
             raw.close()
 
 
+# Measured on a 8.7 MB Packages file: xz preset 6 takes 5.6 s and ~94 MB of memory per
+# open writer, preset 1 takes 0.6 s and ~10 MB for an output 20% larger (still 20%
+# smaller than gzip). Publishing is on the critical path of every switch, so speed and
+# flat memory win; gzip level 6 is within 1% of level 9 at a fraction of the time.
+XZ_PRESET = 1
+GZIP_LEVEL = 6
+
+
 def _compressor(suffix: str, sink: _HashingSink):
     if suffix == ".gz":
-        return gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=9)
+        return gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=GZIP_LEVEL)
     if suffix == ".xz":
-        return lzma.LZMAFile(sink, "wb", preset=6)
+        return lzma.LZMAFile(sink, "wb", preset=XZ_PRESET)
     return sink
 
 

@@ -172,6 +172,13 @@ class Packages:
                     f"SELECT id, type, name, version, arch, fields, files FROM packages WHERE id IN ({marks})", chunk):
                 yield row[0], self._package(row)
 
+    def source_files(self, ids: Iterable[int]) -> Iterator[tuple[str, list[str]]]:
+        """(source name, file paths) per package, without decoding control stanzas."""
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            for source, files in self.db.execute(f"SELECT source, files FROM packages WHERE id IN ({marks})", chunk):
+                yield source, [path for path, _size, _sha in json.loads(files)]
+
     def files(self, ids: Iterable[int]) -> Iterator[tuple[str, int, str]]:
         """(sha256, size, path) of every file of the given packages."""
         for chunk in _chunks(list(ids)):

@@ -77,6 +77,9 @@ class _Plan:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as apt and httpx use it
+    # Headers and body go out in separate writes: without this, Nagle's algorithm holds
+    # each response ~40 ms for the client's delayed ACK.
+    disable_nagle_algorithm = True
     server: "_Server"
 
     def log_message(self, format, *args) -> None:  # quiet: the log is the list
