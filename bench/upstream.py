@@ -5,10 +5,8 @@ packages a new version, removes ~1%, and rebuilds with a Date one day later (old
 files stay, as on a real archive). The request log of the server is what the resume
 step counts.
 
-The test server answers headers and body in separate writes; with Nagle's algorithm on,
-each response after the first on a keep-alive connection then waits for the client's
-delayed ACK (~40 ms). Both tools keep connections alive, so that would measure the
-server, not the tools: the benchmark serves with TCP_NODELAY set.
+The test server sets TCP_NODELAY: without it each keep-alive response would wait for
+the client's delayed ACK (~40 ms) and the benchmark would measure the server.
 """
 
 from __future__ import annotations
@@ -24,19 +22,6 @@ from tests.support.archive import DEFAULT_DATE, ArchiveBuilder
 DISTRIBUTION = "bench"
 
 
-class _NoDelayHandler(server._Handler):
-    disable_nagle_algorithm = True
-
-
-class BenchServer(server.ArchiveServer):
-    """tests.support's ArchiveServer with TCP_NODELAY on every connection."""
-
-    def start(self) -> "BenchServer":
-        super().start()
-        self._httpd.RequestHandlerClass = _NoDelayHandler
-        return self
-
-
 @dataclass
 class Upstream:
     n: int
@@ -45,7 +30,7 @@ class Upstream:
     pad: int = 4096
     day: int = 0
     builder: ArchiveBuilder | None = None
-    server: BenchServer | None = None
+    server: server.ArchiveServer | None = None
     changed: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -55,7 +40,7 @@ class Upstream:
     def day_one(self) -> None:
         self.builder = examples.synthetic(self.n, pad=self.pad)
         self._build()
-        self.server = BenchServer(self.root).start()
+        self.server = server.ArchiveServer(self.root).start()
 
     def next_day(self, *, seed: int = 1, new_share: float = 0.05, removed_share: float = 0.01) -> None:
         rng = random.Random(seed)

@@ -25,12 +25,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from pathlib import Path
 
-import httpx
-
 from reconciler.errors import PermanentError, TemporaryError, VerifyError
 from reconciler.pool import CHUNK, LocalPackagePool
-
-USER_AGENT = "reconciler/0.1"
+from reconciler.transport import Transport, read_errors
 
 
 @dataclass(frozen=True)
@@ -80,12 +77,10 @@ class Fetcher:
         self.retries = retries
         self.backoff = backoff
         self.progress = progress
-        self.client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
-                                   follow_redirects=True, headers={"User-Agent": USER_AGENT},
-                                   limits=httpx.Limits(max_connections=concurrency + 2))
+        self.transport = Transport(timeout=timeout)
 
     def close(self) -> None:
-        self.client.close()
+        self.transport.close()
 
     def __enter__(self) -> Fetcher:
         return self
@@ -105,15 +100,18 @@ class Fetcher:
                 if missing_ok:
                     return None
                 raise PermanentError(f"{url}: not found") from None
-        response = self._retrying(lambda: self._get(url, missing_ok))
-        return response
+        return self._retrying(lambda: self._get(url, missing_ok))
 
     def _get(self, url: str, missing_ok: bool) -> bytes | None:
-        response = self.client.get(url)
-        if response.status_code == 404 and missing_ok:
-            return None
-        self._raise_for(url, response.status_code)
-        return response.content
+        with self.transport.get(url) as response:
+            if response.status == 404 and missing_ok:
+                response.read()
+                return None
+            self._raise_for(url, response.status)
+            try:
+                return response.read()
+            except read_errors() as exc:
+                raise TemporaryError(f"{url}: {exc!r}") from exc
 
     @staticmethod
     def _raise_for(url: str, status: int) -> None:
@@ -126,11 +124,9 @@ class Fetcher:
         for attempt in range(self.retries + 1):
             try:
                 return call()
-            except (httpx.TransportError, TemporaryError) as exc:
+            except TemporaryError:
                 if attempt == self.retries:
-                    if isinstance(exc, TemporaryError):
-                        raise
-                    raise TemporaryError(f"{exc.request.url if hasattr(exc, 'request') else ''}: {exc!r}") from exc
+                    raise
                 time.sleep(self.backoff * (2 ** attempt))
         raise AssertionError("unreachable")
 
@@ -198,8 +194,8 @@ class Fetcher:
             part.unlink()
             have = 0
         headers = {"Range": f"bytes={have}-"} if have else {}
-        with self.client.stream("GET", want.url, headers=headers) as response:
-            if response.status_code == 404:
+        with self.transport.get(want.url, headers) as response:
+            if response.status == 404:
                 raise PermanentError(f"{want.path}: HTTP 404 at {want.url}")
             served = _served_size(response)
             if served is not None and served != want.size:
@@ -208,17 +204,20 @@ class Fetcher:
                 part.unlink(missing_ok=True)
                 raise VerifyError(f"{want.path}: upstream serves {served} bytes, its index says {want.size}; "
                                   "not imported")
-            self._raise_for(want.url, response.status_code)
-            resume = bool(have) and response.status_code == 206
+            self._raise_for(want.url, response.status)
+            resume = bool(have) and response.status == 206
             digest = _hash_prefix(part) if resume else hashlib.sha256()
             got = have if resume else 0
             with open(part, "ab" if resume else "wb") as fh:
-                for chunk in response.iter_bytes(CHUNK):
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    got += len(chunk)
-                    if self.progress:
-                        self.progress.advance(len(chunk))
+                try:
+                    while chunk := response.read(CHUNK):
+                        fh.write(chunk)
+                        digest.update(chunk)
+                        got += len(chunk)
+                        if self.progress:
+                            self.progress.advance(len(chunk))
+                except read_errors() as exc:  # cut mid-file: what landed stays for a Range retry
+                    raise TemporaryError(f"{want.path}: connection lost after {got} bytes ({exc!r})") from exc
         if got < want.size:
             raise TemporaryError(f"{want.path}: truncated download ({got} of {want.size} bytes)")
         return digest.hexdigest()
@@ -239,14 +238,14 @@ def _hash_prefix(path: Path):
     return digest
 
 
-def _served_size(response: httpx.Response) -> int | None:
+def _served_size(response) -> int | None:
     """The whole file's size as the server states it, when it states it plainly."""
-    if response.headers.get("Content-Encoding", "identity") != "identity":
+    if (response.getheader("Content-Encoding") or "identity") != "identity":
         return None
-    if response.status_code in (206, 416):
-        total = response.headers.get("Content-Range", "").rpartition("/")[2]
-    elif response.status_code == 200:
-        total = response.headers.get("Content-Length", "")
+    if response.status in (206, 416):
+        total = (response.getheader("Content-Range") or "").rpartition("/")[2]
+    elif response.status == 200:
+        total = response.getheader("Content-Length") or ""
     else:
         return None
     return int(total) if total.isdigit() else None

@@ -467,7 +467,6 @@ def run(ctx: tasks.Context, source: Source, options: Options) -> int:
     """Serve until SIGTERM/SIGINT; the exit is bounded by `options.grace` seconds."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per package file otherwise
     metrics = Metrics(ctx)
     ctx.pool = MeteredPool(ctx.pool.root, metrics.download_bytes.inc)
     controller = Controller(ctx, source, interval=options.interval, owner=options.owner,

@@ -12,6 +12,7 @@ mistaken for done (DESIGN rule 3).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from reconciler import locks, tasks, upstream
@@ -168,14 +169,43 @@ def _download(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, pac
     for pkg in packages:
         for f in pkg.files:
             wants.setdefault(f.sha256, Want(join(release.root, f.path), f.path, f.size, f.sha256))
-    store = task.store
-    stats = fetcher.download(wants.values(), task.pool,
-                             on_imported=lambda w: store.record_pool_file(w.sha256, w.size))
+    recorder = PoolRecorder(task)
+    try:
+        stats = fetcher.download(wants.values(), task.pool, on_imported=recorder.add)
+    finally:
+        recorder.flush()
     if stats.failed:
         shown = "; ".join(stats.failed[:10])
         more = f" (and {len(stats.failed) - 10} more)" if len(stats.failed) > 10 else ""
         raise PermanentError(f"{len(stats.failed)} file(s) failed, the mirror keeps its previous list: {shown}{more}")
     return stats
+
+
+class PoolRecorder:
+    """Records imported files in `pool_files`, a few hundred per transaction.
+
+    One transaction per file cost ~1.3 ms each on the main thread, more than the
+    download itself. The pool (content-addressed, verified before the rename) is what
+    resume relies on; the table is its index and lags it by at most one batch or a
+    quarter of a second.
+    """
+
+    def __init__(self, task: tasks.Task, *, batch: int = 200, interval: float = 0.25):
+        self.task, self.batch, self.interval = task, batch, interval
+        self.pending: list[Want] = []
+        self.last = time.monotonic()
+
+    def add(self, want: Want) -> None:
+        self.pending.append(want)
+        if len(self.pending) >= self.batch or time.monotonic() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            with self.task.transaction() as store:
+                for want in self.pending:
+                    store.record_pool_file(want.sha256, want.size)
+        self.pending, self.last = [], time.monotonic()
 
 
 def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool = False) -> str:
