@@ -7,7 +7,6 @@ Exit codes: 0 success; 1 invalid specs, refused or failed change, unknown object
 from __future__ import annotations
 
 import json
-import os
 import sys
 from enum import Enum
 from pathlib import Path

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import reconciler
+
 from tests.test_publish_e2e import _consistent
 
 SPECS = """\
@@ -44,9 +46,7 @@ spec:
 """
 
 
-def run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reconciler", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=300)
+run = reconciler
 
 
 def killed_apply(root: Path, specs: Path, delay: float) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from tests.support import examples
+from tests.support.cli import reconciler
 
 MIRROR = """\
 apiVersion: reconciler/v1
@@ -33,9 +33,7 @@ spec: {{mirror: {mirror}}}
 """
 
 
-def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reconciler", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=300)
+cli = reconciler
 
 
 class World:

@@ -13,13 +13,13 @@ import json
 import re
 import sqlite3
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from tests.support import examples
+from tests.support.cli import reconciler
 
 MIRROR = """\
 apiVersion: reconciler/v1
@@ -56,11 +56,7 @@ spec:
 
 
 def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "reconciler", "--root", str(root), *args],
-                         capture_output=True, text=True, timeout=300)
-    if check and out.returncode != 0:
-        raise AssertionError(f"reconciler {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
-    return out
+    return reconciler(root, *args, check=check)
 
 
 class Setup:

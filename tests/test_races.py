@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import start as cli_start
+
 MIRROR = """\
 apiVersion: reconciler/v1
 kind: Mirror
@@ -49,9 +51,7 @@ spec:
 IS_DEB = lambda p: p.endswith(".deb")  # noqa: E731
 
 
-def start(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "reconciler", "--root", str(root), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+start = cli_start
 
 
 def start_py(root: Path, code: str) -> subprocess.Popen:

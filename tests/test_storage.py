@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.support import examples
+from tests.support.cli import reconciler
 
 SPEC = """\
 apiVersion: reconciler/v1
@@ -39,9 +38,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reconciler", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=120)
+cli = reconciler
 
 
 def test_full_disk_then_more_room(small_disk, tmp_path, example_archive, http_server, gpg_key):
