@@ -225,14 +225,15 @@ def _plan_pool(req: TreeRequest) -> dict[str, tuple[PackageFile, str]]:
 
 
 def _link_pool(root: Path, wanted: dict[str, tuple[PackageFile, str]], pool: LocalPackagePool) -> None:
-    made: set[Path] = set()
+    made: set[str] = set()
+    base = str(root)
     for path in sorted(wanted):
         pf, ref = wanted[path]
-        dest = root / path
-        if dest.parent not in made:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            made.add(dest.parent)
-        _link_one(pool.path(pf.sha256), dest, pf, ref, path)
+        directory = posixpath.dirname(path)
+        if directory not in made:
+            os.makedirs(os.path.join(base, directory), exist_ok=True)
+            made.add(directory)
+        _link_one(pool.path(pf.sha256), os.path.join(base, path), pf, ref, path)
 
 
 def _link_one(src: Path, dest: Path, pf: PackageFile, ref: str, rel: str) -> None:
@@ -262,7 +263,7 @@ def _place(src: Path, dest: Path, pf: PackageFile, ref: str) -> bool:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
@@ -487,13 +488,14 @@ def cleanup_pool(publish_root: Path, prefix: str, referenced: Collection[str] | 
     share the pool, and a concurrent publish could be linking a file right now.
     """
     keep = referenced if callable(referenced) else referenced.__contains__
-    root = prefix_dir(publish_root, prefix)
+    root = str(prefix_dir(publish_root, prefix))
     removed = 0
-    for dirpath, _dirs, filenames in os.walk(root / "pool", topdown=False):
+    # Plain strings, not Path objects: this walks every published file (20,000+).
+    for dirpath, _dirs, filenames in os.walk(os.path.join(root, "pool"), topdown=False):
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
         for name in filenames:
-            path = Path(dirpath) / name
-            if not keep(path.relative_to(root).as_posix()):
-                path.unlink()
+            if not keep(f"{rel_dir}/{name}"):
+                os.unlink(os.path.join(dirpath, name))
                 removed += 1
         _rmdir_if_empty(Path(dirpath))
     return removed

@@ -15,6 +15,7 @@ hashing 40 GB of pool twice would double the cost of a check.
 from __future__ import annotations
 
 import lzma
+import os
 import posixpath
 import tempfile
 import zlib
@@ -39,7 +40,7 @@ class _Hasher:
         self._cache: dict[tuple[int, int, int, int], str] = {}
 
     def sha256(self, path: Path) -> str:
-        st = path.stat()
+        st = os.stat(path)
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if key not in self._cache:
             self._cache[key] = file_sha256(path)[0]
@@ -182,7 +183,7 @@ def _check_file(path: Path, name: str, size: int | None, sha256: str | None, has
                 *, needed_by: str = "") -> list[str]:
     why = f" (needed by {needed_by})" if needed_by else ""
     try:
-        actual = path.stat().st_size
+        actual = os.stat(path).st_size
     except FileNotFoundError:
         return [f"{name}: missing{why}"]
     if size is not None and actual != size:
@@ -244,7 +245,7 @@ def _stanza_files(stanza: dict[str, str], base: str) -> Iterator[tuple[str, int 
 def _check_pool_file(root: Path, rel: str, size, sha256, who: str, hasher: _Hasher | None) -> list[str]:
     if not _inside(rel):
         return [f"{rel!r}: path leaves the tree (listed for {who})"]
-    return _check_file(root / rel, rel, size, sha256 if hasher else None, hasher, needed_by=who)
+    return _check_file(os.path.join(root, rel), rel, size, sha256 if hasher else None, hasher, needed_by=who)
 
 
 def _inside(rel: str) -> bool:

@@ -104,6 +104,8 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
         suite=spec.suite, codename=spec.codename,
         valid_for=parse_duration(spec.validFor) if spec.validFor else None,
         acquire_by_hash=spec.acquireByHash, description=spec.description)
+    # A first publish into a prefix without a pool has nothing to clean up afterwards.
+    new_pool = not (tree.prefix_dir(ctx.publish_root, spec.prefix) / "pool").exists()
     signer = signer_for(ctx, doc)
     try:
         result = tree.publish_tree(request, ctx.pool, signer)
@@ -120,6 +122,8 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
         raise PermanentError(f"publish/{doc.metadata.name}: the written tree does not verify: " + "; ".join(problems[:5]))
     if current and (current.prefix, current.distribution) != (spec.prefix, spec.distribution):
         tree.remove_tree(ctx.publish_root, current.prefix, current.distribution)
+    if new_pool:
+        return result
     keep = tree.referenced_paths(components)
     if current and current.prefix == spec.prefix:
         # A client one publish behind still holds the previous indexes (by-hash keeps
