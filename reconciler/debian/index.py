@@ -20,6 +20,8 @@ import gzip
 import hashlib
 import io
 import lzma
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -235,6 +237,9 @@ class IndexWriter:
         ]
 
     def abort(self) -> None:
+        for stream in self._streams.values():
+            if isinstance(stream, _Background):
+                stream.stop()
         for raw in self._raws:
             raw.close()
 
@@ -249,10 +254,50 @@ GZIP_LEVEL = 6
 
 def _compressor(suffix: str, sink: _HashingSink):
     if suffix == ".gz":
-        return gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=GZIP_LEVEL)
+        return _Background(gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=GZIP_LEVEL))
     if suffix == ".xz":
-        return lzma.LZMAFile(sink, "wb", preset=XZ_PRESET)
+        return _Background(lzma.LZMAFile(sink, "wb", preset=XZ_PRESET))
     return sink
+
+
+class _Background:
+    """Feeds a compressor from its own thread.
+
+    zlib, lzma and hashlib release the GIL on large buffers, so the gzip and xz forms
+    compress on other cores while the main thread formats the next stanzas. The queue
+    is bounded, so memory stays a few blocks whatever the index size.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="index-compress", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.stream.write(data)
+                except BaseException as exc:  # reported to the writer's thread at close
+                    self.error = exc
+
+    def write(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(data)
+        return len(data)
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def close(self) -> None:
+        self.stop()
+        if self.error is not None:
+            raise self.error
+        self.stream.close()
 
 
 def write_small(path: Path, text: str) -> WrittenFile:
