@@ -9,8 +9,7 @@ no objects, only the task, and loads what it needs by name (STYLE habit 2).
 objects it reads) and makes its whole state change inside one `task.transaction()`, so
 an exception leaves the database exactly as it was. The transaction is kept short on
 purpose: SQLite has one writer at a time, and a task that held the write lock through a
-download or a tree export would stall every other task, whatever its keys. Short tasks
-may pass `atomic=True` to run all of `fn` in the transaction.
+download or a tree export would stall every other task, whatever its keys.
 
 Tasks interrupted by a crash stay `running` in the table until the next `Context`
 opens the root: `recover` marks those whose process is gone as failed.
@@ -115,7 +114,7 @@ def storage_error(name: str, exc: OSError) -> StorageError:
 
 
 def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *,
-        atomic: bool = False, pool: bool = True) -> T:
+        pool: bool = True) -> T:
     """Run `fn` as a task holding `keys` (and the pool key shared unless `pool=False`)."""
     keys = locks.order(keys)
     db = ctx.connect()
@@ -125,7 +124,7 @@ def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *
         task = Task(cur.lastrowid, name, ctx, Store(db))
         shared = [locks.POOL] if pool else []
         with ctx.locks.hold(keys, timeout=ctx.lock_timeout, description=f"task {task.id} ({name})", shared=shared):
-            return _execute(task, keys, fn, atomic)
+            return _execute(task, keys, fn)
     except ReconcilerError as exc:
         if "task" in locals():
             _record(db, task.id, state="failed", ended_at=now(), error=str(exc), output="\n".join(task.output))
@@ -140,17 +139,13 @@ def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *
         db.conn.close()
 
 
-def _execute(task: Task, keys: list[str], fn: Callable[[Task], T], atomic: bool) -> T:
+def _execute(task: Task, keys: list[str], fn: Callable[[Task], T]) -> T:
     db = task.store.db
     _record(db, task.id, state="running", started_at=now())
     db.conn.executemany("INSERT OR REPLACE INTO locks (key, task_id, pid, host, description, acquired_at) VALUES (?, ?, ?, ?, ?, ?)",
                         [(k, task.id, os.getpid(), socket.gethostname(), task.name, now()) for k in keys])
     try:
-        if atomic:
-            with task.transaction():
-                result = fn(task)
-        else:
-            result = fn(task)
+        result = fn(task)
     except ReconcilerError:
         raise
     except Exception as exc:
