@@ -84,8 +84,7 @@ def _preview_new(store: Store, specs: Specs, name: str) -> list | None:
     if mirror is None:
         return None
     packages = [p for _id, p in store.packages.load(store.lists.ids(mirror.list_digest))]
-    archs = sorted({p.arch for p in packages if p.arch not in ("all", "source")})
-    return upstream.select(packages, doc.spec.filter, doc.spec.filterWithDeps, archs)
+    return upstream.select_stored(packages, doc.spec.filter, doc.spec.filterWithDeps)
 
 
 def describe(store: Store, specs: Specs, the_plan: planner.Plan) -> None:

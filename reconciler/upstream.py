@@ -191,6 +191,12 @@ def read_packages(fetcher: Fetcher, release: Release, spec: MirrorSpec, *, cache
     return select(list(seen.values()), spec.filter, spec.filterWithDeps, architectures(release, spec))
 
 
+def select_stored(packages: list[Package], text: str | None, with_deps: bool) -> list[Package]:
+    """`select` over packages already stored: the architectures are those they have."""
+    archs = sorted({p.arch for p in packages if p.arch not in ("all", "source")})
+    return select(packages, text, with_deps, archs)
+
+
 def select(packages: list[Package], text: str | None, with_deps: bool, archs: list[str]) -> list[Package]:
     """Apply a spec's filter (and dependency closure) to a package list."""
     if not text:

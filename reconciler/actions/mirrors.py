@@ -16,18 +16,18 @@ import time
 from dataclasses import dataclass, field
 
 from reconciler import locks, tasks, upstream
-from reconciler.errors import InUse, NotFound, PermanentError, Refused
+from reconciler.actions import guards
+from reconciler.errors import NotFound, PermanentError, Refused
 from reconciler.fetch import Fetcher, Want, join
+from reconciler.plan import MIRROR_CONTENT
 from reconciler.spec import MirrorDoc, MirrorSpec
 from reconciler.state.stores import Store, now
 
-# Spec fields whose change alters the package list; the rest only change behaviour.
-CONTENT_FIELDS = ("url", "distribution", "components", "architectures", "filter", "filterWithDeps",
-                  "withSources", "withUdebs")
 
 
 def content(spec: dict) -> dict:
-    return {k: spec.get(k) for k in CONTENT_FIELDS}
+    """The spec fields whose change alters the package list (the rest only change behaviour)."""
+    return {k: spec.get(k) for k in MIRROR_CONTENT}
 
 
 @dataclass
@@ -218,11 +218,9 @@ def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool
                 if missing_ok:
                     return f"mirror/{name}: already gone"
                 raise NotFound(f"mirror {name!r} does not exist")
-            if row.protect:
-                raise Refused(f"mirror/{name} is protected (metadata.protect: true); remove the flag to drop it")
             users = store.mirrors.users(name)
-            if users and not force:
-                raise InUse(f"mirror/{name}", [f"snapshot/{u}" for u in users])
+            guards.check_drop(f"mirror/{name}", protect=row.protect, users=[f"snapshot/{u}" for u in users],
+                              force=force)
             store.mirrors.delete(name)
             store.lists.prune()
         message = f"mirror/{name}: dropped" + (f" (snapshots {', '.join(users)} keep their packages)" if users else "")

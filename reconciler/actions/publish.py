@@ -16,6 +16,7 @@ import posixpath
 from pathlib import Path
 
 from reconciler import gpg, locks, tasks, tree
+from reconciler.actions import guards
 from reconciler.debian.package import Package
 from reconciler.errors import NotFound, PermanentError, Refused
 from reconciler.plan import resolve_sources
@@ -176,8 +177,7 @@ def drop(ctx: tasks.Context, name: str, *, missing_ok: bool = False) -> str:
         fresh = task.store.publishes.get(name)
         if fresh is None:
             return f"publish/{name}: already gone"
-        if fresh.protect:
-            raise Refused(f"publish/{name} is protected (metadata.protect: true); remove the flag to drop it")
+        guards.check_drop(f"publish/{name}", protect=fresh.protect, users=[], force=False)
         if (fresh.prefix, fresh.distribution) != (row.prefix, row.distribution):
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
         tree.remove_tree(ctx.publish_root, fresh.prefix, fresh.distribution)

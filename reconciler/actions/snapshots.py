@@ -9,9 +9,10 @@ source snapshots so none of them can be dropped half-way.
 from __future__ import annotations
 
 from reconciler import locks, tasks, upstream
+from reconciler.actions import guards
 from reconciler.debian.package import Package
 from reconciler.debian.query import version_key
-from reconciler.errors import InUse, NotFound, Refused
+from reconciler.errors import NotFound, Refused
 from reconciler.plan import SNAPSHOT_CONTENT, package_diff
 from reconciler.spec import SnapshotDoc
 from reconciler.state.stores import Store
@@ -80,8 +81,7 @@ def _merge_ids(store: Store, sources: list[str], latest: bool) -> list[int]:
 def _filter(store: Store, ids: list[int], text: str, with_deps: bool) -> list[int]:
     loaded = list(store.packages.load(ids))
     by_key = {pkg.key: pid for pid, pkg in loaded}
-    archs = sorted({p.arch for _, p in loaded if p.arch not in ("all", "source")})
-    chosen = upstream.select([p for _, p in loaded], text, with_deps, archs)
+    chosen = upstream.select_stored([p for _, p in loaded], text, with_deps)
     return [by_key[p.key] for p in chosen]
 
 
@@ -93,11 +93,8 @@ def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool
                 if missing_ok:
                     return f"snapshot/{name}: already gone"
                 raise NotFound(f"snapshot {name!r} does not exist")
-            if row.protect:
-                raise Refused(f"snapshot/{name} is protected (metadata.protect: true); remove the flag to drop it")
-            users = store.snapshots.users(name)
-            if users and not force:
-                raise InUse(f"snapshot/{name}", [f"publish/{u}" for u in users])
+            users = [f"publish/{u}" for u in store.snapshots.users(name)]
+            guards.check_drop(f"snapshot/{name}", protect=row.protect, users=users, force=force)
             store.snapshots.delete(name)
             store.lists.prune()
         task.log(f"snapshot/{name}: dropped")
