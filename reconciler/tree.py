@@ -46,11 +46,13 @@ import errno
 import hashlib
 import os
 import posixpath
+import queue
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -67,6 +69,7 @@ from reconciler.debian.package import Package, PackageFile
 from reconciler.errors import Conflict, PermanentError
 from reconciler.gpg import Signer
 from reconciler.pool import LocalPackagePool, file_sha256
+from reconciler.spec import Compression
 
 SIGNATURE_FILES = ("Release.gpg", "Release", "InRelease")  # the order they switch in
 STAGING_PREFIX = ".staging-"
@@ -85,7 +88,9 @@ class TreeRequest:
     publish_root: Path  # e.g. ROOT/public
     prefix: str  # "." or "debian" or "a/b"
     distribution: str
-    components: dict[str, list[Package]]  # component -> packages (deb, udeb, source mixed)
+    # component -> its packages (deb, udeb, source mixed). A list is sorted here; any
+    # other iterable is read once, as a stream, and must come in `order_key` order.
+    components: Mapping[str, Iterable[Package]]
     architectures: list[str]  # binary architectures to publish (not "all"/"source")
     origin: str | None
     label: str | None
@@ -95,6 +100,12 @@ class TreeRequest:
     acquire_by_hash: bool
     date: datetime | None = None  # default now (UTC)
     description: str | None = None
+    # Package types present in any component: each of "udeb" and "source" gives every
+    # component its debian-installer or source index. Read from lists when not given;
+    # a streaming caller must say.
+    types: Collection[str] | None = None
+    # compressed index forms and their levels, {".gz": 3, ".xz": 0}
+    compression: Mapping[str, int] = field(default_factory=lambda: Compression().levels())
 
 
 @dataclass(frozen=True)
@@ -156,22 +167,32 @@ def referenced_paths(components: dict[str, list[Package]]) -> set[str]:
     return {path for comp, pkgs in components.items() for p in pkgs for path, _ in package_paths(comp, p)}
 
 
+def order_key(package: Package) -> tuple[str, str, str, str]:
+    """The order an index lists packages in (deterministic output)."""
+    return package.name, package.version, package.arch, package.type
+
+
 # ---------------------------------------------------------------------------
 # Publishing
 
 
 def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None) -> TreeResult:
-    """Write (or switch) the tree for one prefix/distribution; see the module docstring."""
+    """Write (or switch) the tree for one prefix/distribution; see the module docstring.
+
+    One pass over the packages: each is linked into the pool (by a worker thread, so
+    the link and mkdir system calls overlap the formatting of stanzas) and written to
+    its indexes. Nothing is switched until every link is in place.
+    """
     _check_request(req)
     root = prefix_dir(req.publish_root, req.prefix)
     target = dist_dir(req.publish_root, req.prefix, req.distribution)
-    wanted = _plan_pool(req)
-    _link_pool(root, wanted, pool)
     target.mkdir(parents=True, exist_ok=True)
     _remove_staging(target)
     stage = Path(tempfile.mkdtemp(dir=target, prefix=STAGING_PREFIX))
+    linker = _Linker(root, pool)
     try:
-        files, counts = _write_indexes(req, stage)
+        files, counts = _write_indexes(req, stage, linker)
+        linker.close()
         release = _release_text(req, files).encode()
         (stage / "Release").write_bytes(release)
         if signer is not None:
@@ -183,6 +204,7 @@ def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None
             _link_by_hash(stage, target, files)
         _switch(stage, target, files)
     finally:
+        linker.stop()
         shutil.rmtree(stage, ignore_errors=True)
     current = {f.path: f.digests for f in files}
     _prune_dist(target, current, previous, signed=signer is not None)
@@ -191,7 +213,7 @@ def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None
         files=files,
         counts=counts,
         release_sha256=_sha256(release),
-        pool_paths=frozenset(wanted),
+        pool_paths=frozenset(linker.claims),
         signed=signer is not None,
     )
 
@@ -207,36 +229,78 @@ def _check_request(req: TreeRequest) -> None:
         raise PermanentError("a publish needs at least one binary architecture")
 
 
-def _plan_pool(req: TreeRequest) -> dict[str, tuple[PackageFile, str]]:
-    """pool path -> (file, package ref); two different files under one name is a Conflict."""
-    wanted: dict[str, tuple[PackageFile, str]] = {}
-    for comp, packages in req.components.items():
-        for pkg in packages:
-            if pkg.type != "source" and not pkg.files:
-                raise PermanentError(f"{pkg.ref}: binary package without a file")
-            for path, pf in package_paths(comp, pkg):
-                seen = wanted.setdefault(path, (pf, pkg.ref))
-                if seen[0].sha256 != pf.sha256:
-                    raise Conflict(
-                        f"{path}: claimed by {seen[1]} (size {seen[0].size}, sha256 {seen[0].sha256}) "
-                        f"and by {pkg.ref} (size {pf.size}, sha256 {pf.sha256})"
-                    )
-    return wanted
+class _Linker:
+    """Hard-links package files into PREFIX/pool from a worker thread, in batches.
+
+    `add` runs in the publishing thread: it checks the paths and refuses two different
+    files under one name (a Conflict) at once. The worker makes the links; `close`
+    waits for it and raises the first error it met. The queue is bounded, so memory
+    stays a few batches; `claims` (pool path -> sha256, size, package) is the one
+    thing that grows with the publish, a short record per file.
+    """
+
+    BATCH = 256
+
+    def __init__(self, root: Path, pool: LocalPackagePool):
+        self.root = str(root)
+        self.pool = pool
+        self.claims: dict[str, tuple[str, int, str]] = {}
+        self.error: BaseException | None = None
+        self._batch: list[tuple[str, PackageFile, str]] = []
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="pool-link", daemon=True)
+        self._thread.start()
+
+    def add(self, component: str, pkg: Package) -> None:
+        if pkg.type != "source" and not pkg.files:
+            raise PermanentError(f"{pkg.ref}: binary package without a file")
+        for path, pf in package_paths(component, pkg):
+            seen = self.claims.get(path)
+            if seen is None:
+                self.claims[path] = (pf.sha256, pf.size, pkg.ref)
+                self._batch.append((path, pf, pkg.ref))
+            elif seen[0] != pf.sha256:
+                raise Conflict(
+                    f"{path}: claimed by {seen[2]} (size {seen[1]}, sha256 {seen[0]}) "
+                    f"and by {pkg.ref} (size {pf.size}, sha256 {pf.sha256})"
+                )
+        if len(self._batch) >= self.BATCH:
+            self._send()
+
+    def _send(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._batch:
+            self._queue.put(self._batch)
+            self._batch = []
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                for path, pf, ref in batch:
+                    self._link(path, pf, ref)
+            except BaseException as exc:  # reported to the publishing thread
+                self.error = exc
+
+    def _link(self, rel: str, pf: PackageFile, ref: str) -> None:
+        _link_one(str(self.pool.path(pf.sha256)), os.path.join(self.root, rel), pf, ref, rel)
+
+    def close(self) -> None:
+        """Wait until every link is made; raise the first error."""
+        self._send()
+        self.stop()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
-def _link_pool(root: Path, wanted: dict[str, tuple[PackageFile, str]], pool: LocalPackagePool) -> None:
-    made: set[str] = set()
-    base = str(root)
-    for path in sorted(wanted):
-        pf, ref = wanted[path]
-        directory = posixpath.dirname(path)
-        if directory not in made:
-            os.makedirs(os.path.join(base, directory), exist_ok=True)
-            made.add(directory)
-        _link_one(pool.path(pf.sha256), os.path.join(base, path), pf, ref, path)
-
-
-def _link_one(src: Path, dest: Path, pf: PackageFile, ref: str, rel: str) -> None:
+def _link_one(src: str, dest: str, pf: PackageFile, ref: str, rel: str) -> None:
     """Hard-link `src` to `dest`; leave an identical file alone; refuse a different one."""
     if _place(src, dest, pf, ref) or _holds(dest, src, pf):
         return
@@ -247,7 +311,7 @@ def _link_one(src: Path, dest: Path, pf: PackageFile, ref: str, rel: str) -> Non
     )
 
 
-def _place(src: Path, dest: Path, pf: PackageFile, ref: str) -> bool:
+def _place(src: str, dest: str, pf: PackageFile, ref: str) -> bool:
     """Create `dest` from `src` if it does not exist yet; False when something is already there.
 
     Both ways create the name in one step (link), so the file appears only complete:
@@ -259,6 +323,12 @@ def _place(src: Path, dest: Path, pf: PackageFile, ref: str) -> bool:
     except FileExistsError:
         return False
     except FileNotFoundError:
+        # The directory is made on demand: on a switch nearly all of them exist already,
+        # and a mkdir that fails costs as much as one that succeeds.
+        directory = os.path.dirname(dest)
+        if os.path.exists(src) and not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)
+            return _place(src, dest, pf, ref)
         raise PermanentError(f"{ref}: the pool has no file {pf.sha256} ({pf.basename})") from None
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
@@ -272,10 +342,10 @@ def _place(src: Path, dest: Path, pf: PackageFile, ref: str) -> bool:
     except FileExistsError:
         return False
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        os.unlink(tmp)
 
 
-def _holds(dest: Path, src: Path, pf: PackageFile) -> bool:
+def _holds(dest: str, src: str, pf: PackageFile) -> bool:
     st = os.lstat(dest)
     try:
         if os.path.samestat(st, os.stat(src)):
@@ -289,15 +359,17 @@ def _holds(dest: Path, src: Path, pf: PackageFile) -> bool:
 # Index files
 
 
-def _write_indexes(req: TreeRequest, stage: Path) -> tuple[list[IndexEntry], dict[str, int]]:
-    everything = [p for pkgs in req.components.values() for p in pkgs]
-    kinds = {"deb"} | {p.type for p in everything if p.type in ("udeb", "source")}
+def _write_indexes(req: TreeRequest, stage: Path, linker: _Linker) -> tuple[list[IndexEntry], dict[str, int]]:
+    kinds = {"deb"} | ({t for t in _types(req) if t in ("udeb", "source")})
     files: list[IndexEntry] = []
     counts: dict[str, int] = {}
     for comp, packages in req.components.items():
-        writers = _open_writers(stage, comp, req.architectures, kinds)
+        writers = _open_writers(stage, comp, req.architectures, kinds, req.compression)
         try:
-            for pkg in _ordered(packages):
+            for pkg, repeated in _ordered(comp, packages):
+                linker.add(comp, pkg)  # a repeat too: the same name with other bytes is a Conflict
+                if repeated:
+                    continue
                 stanza = _stanza(comp, pkg)
                 for key in _targets(pkg, req.architectures):
                     if key in writers:
@@ -315,7 +387,16 @@ def _write_indexes(req: TreeRequest, stage: Path) -> tuple[list[IndexEntry], dic
     return files, counts
 
 
-def _open_writers(stage: Path, comp: str, archs: list[str], kinds: set[str]) -> dict:
+def _types(req: TreeRequest) -> Collection[str]:
+    if req.types is not None:
+        return req.types
+    if not all(isinstance(pkgs, Sequence) for pkgs in req.components.values()):
+        raise TypeError("TreeRequest.types is required when components are streams")
+    return {p.type for pkgs in req.components.values() for p in pkgs}
+
+
+def _open_writers(stage: Path, comp: str, archs: list[str], kinds: set[str],
+                  compression: Mapping[str, int]) -> dict:
     layout = {}
     for arch in archs:
         layout[("deb", arch)] = f"{comp}/binary-{arch}/Packages"
@@ -326,17 +407,25 @@ def _open_writers(stage: Path, comp: str, archs: list[str], kinds: set[str]) -> 
     writers = {}
     for key, rel in layout.items():
         (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-        writers[key] = IndexWriter(stage / rel)
+        writers[key] = IndexWriter(stage / rel, levels=compression)
     return writers
 
 
-def _ordered(packages: list[Package]) -> list[Package]:
-    """Sorted by name, version, arch (deterministic output), each package once."""
-    out: list[Package] = []
-    for pkg in sorted(packages, key=lambda p: (p.name, p.version, p.arch, p.type)):
-        if not out or (out[-1].type, out[-1].ref) != (pkg.type, pkg.ref):
-            out.append(pkg)
-    return out
+def _ordered(component: str, packages: Iterable[Package]) -> Iterator[tuple[Package, bool]]:
+    """(package, repeated) in `order_key` order: a list is sorted, a stream is checked.
+
+    `repeated` marks a package whose type and ref the one before it had: an index
+    lists each once.
+    """
+    if isinstance(packages, Sequence):
+        packages = sorted(packages, key=order_key)
+    last: Package | None = None
+    for pkg in packages:
+        if last is not None and order_key(pkg) < order_key(last):
+            raise PermanentError(f"component {component}: {pkg.ref} came after {last.ref}; "
+                                 "a stream of packages must be sorted")
+        yield pkg, last is not None and (last.type, last.ref) == (pkg.type, pkg.ref)
+        last = pkg
 
 
 def _targets(pkg: Package, archs: list[str]) -> list[tuple[str, str]]:
@@ -493,11 +582,12 @@ def cleanup_pool(publish_root: Path, prefix: str, referenced: Collection[str] | 
     # Plain strings, not Path objects: this walks every published file (20,000+).
     for dirpath, _dirs, filenames in os.walk(os.path.join(root, "pool"), topdown=False):
         rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-        for name in filenames:
-            if not keep(f"{rel_dir}/{name}"):
-                os.unlink(os.path.join(dirpath, name))
-                removed += 1
-        _rmdir_if_empty(Path(dirpath))
+        gone = [name for name in filenames if not keep(f"{rel_dir}/{name}")]
+        for name in gone:
+            os.unlink(os.path.join(dirpath, name))
+        removed += len(gone)
+        if len(gone) == len(filenames):  # possibly empty now; a kept file means it is not
+            _rmdir_if_empty(Path(dirpath))
     return removed
 
 

@@ -85,6 +85,41 @@ def test_bad_documents_are_reported_with_location(tmp_path, text, expected):
     assert all(issue.startswith(str(path)) for issue in found)
 
 
+PUBLISH = """\
+---
+apiVersion: reconciler/v1
+kind: Publish
+metadata: {{name: p}}
+spec:
+  distribution: stable
+  components: {{main: s1}}
+  signing: {{skip: true}}
+  compression: {compression}
+"""
+
+
+@pytest.mark.parametrize("compression, expected", [
+    ("{xz: 10}", "spec.compression.xz: Input should be less than or equal to 9"),
+    ("{gz: 0}", "spec.compression.gz: Input should be greater than or equal to 1"),
+    ("{zstd: 3}", "spec.compression.zstd: unknown field"),
+])
+def test_bad_compression_is_refused(tmp_path, compression, expected):
+    text = MIRROR.format(name="m") + "---\n" + SNAPSHOT.format(name="s1", source="mirror: m") + \
+        PUBLISH.format(compression=compression)
+    found = issues_of([write(tmp_path, "m.yaml", text)])
+    assert any(expected in issue for issue in found), found
+
+
+def test_compression_defaults_and_a_form_left_out(tmp_path):
+    text = MIRROR.format(name="m") + "---\n" + SNAPSHOT.format(name="s1", source="mirror: m")
+    write(tmp_path, "m.yaml", text + PUBLISH.format(compression="{xz: null}"))
+    publish = load_specs([tmp_path]).publishes["p"]
+    assert publish.spec.compression.levels() == {".gz": 3}
+    write(tmp_path, "m.yaml", text + PUBLISH.format(compression="{}"))
+    publish = load_specs([tmp_path]).publishes["p"]
+    assert publish.spec.compression.levels() == {".gz": 3, ".xz": 0}
+
+
 def test_duplicate_name_in_two_files(tmp_path):
     write(tmp_path, "a.yaml", MIRROR.format(name="m1"))
     write(tmp_path, "b.yaml", MIRROR.format(name="m1"))

@@ -324,11 +324,16 @@ def _rebuilt(pkg: Package, data: bytes, pool: FilesystemPool, tmp_path: Path) ->
 def test_two_files_under_one_pool_name_conflict(tmp_path, pool, packages):
     hello = next(p for p in packages["main"] if p.ref == "hello_1.0-1_amd64")
     twin = _rebuilt(hello, b"rebuilt", pool, tmp_path)
+    tree.publish_tree(request(tmp_path / "pub", packages), pool, None)
+    before = (dists(tmp_path / "pub") / "Release").read_bytes()
     comps = {"main": packages["main"] + [twin]}
     with pytest.raises(Conflict) as err:
         tree.publish_tree(request(tmp_path / "pub", comps), pool, None)
     assert hello.files[0].sha256 in str(err.value) and twin.files[0].sha256 in str(err.value)
-    assert not (tmp_path / "pub").exists()  # refused before anything was written
+    # Refused before the switch: the tree clients read is the one before, whole.
+    assert (dists(tmp_path / "pub") / "Release").read_bytes() == before
+    assert not list(dists(tmp_path / "pub").glob(tree.STAGING_PREFIX + "*"))
+    assert treeverify.verify_tree(tmp_path / "pub", PREFIX, DIST, keyring=None) == []
 
 
 def test_a_different_file_already_published_conflicts(tmp_path, pool, packages):
@@ -593,3 +598,50 @@ def test_parse_release_collects_sizes_and_digests():
     assert info.components == ["main", "contrib"] and info.acquire_by_hash
     assert info.files == {"main/binary-amd64/Packages": (10, {"md5": "aa", "sha256": "bb"}),
                           "main/Contents-amd64": (7, {"sha256": "cc"})}
+
+
+# --- streaming input and index compression ----------------------------------------
+
+
+def test_a_sorted_stream_publishes_the_same_tree_as_a_list(tmp_path, pool, packages):
+    moment = datetime(2026, 11, 25, tzinfo=timezone.utc)
+    types = {p.type for pkgs in packages.values() for p in pkgs}
+    streams = {c: iter(sorted(pkgs, key=tree.order_key)) for c, pkgs in packages.items()}
+    tree.publish_tree(request(tmp_path / "list", packages, date=moment), pool, None)
+    tree.publish_tree(request(tmp_path / "stream", streams, date=moment, types=types), pool, None)
+    assert (dists(tmp_path / "list") / "Release").read_bytes() == (dists(tmp_path / "stream") / "Release").read_bytes()
+
+
+def test_an_unsorted_stream_is_refused_before_the_switch(tmp_path, pool, packages):
+    backwards = {c: iter(sorted(pkgs, key=tree.order_key, reverse=True)) for c, pkgs in packages.items()}
+    with pytest.raises(PermanentError, match="must be sorted"):
+        tree.publish_tree(request(tmp_path, backwards, types={"deb", "udeb", "source"}), pool, None)
+    assert not (dists(tmp_path) / "Release").exists()
+
+
+def test_compression_levels_and_forms_follow_the_request(tmp_path, pool, packages, keyring, signer):
+    tree.publish_tree(request(tmp_path, packages, compression={".gz": 9}), pool, signer)
+    listed = release_info(tmp_path).files
+    assert "main/binary-amd64/Packages.gz" in listed and "main/binary-amd64/Packages.xz" not in listed
+    assert not (dists(tmp_path) / "main/binary-amd64/Packages.xz").exists()
+    plain = (dists(tmp_path) / "main/binary-amd64/Packages").read_bytes()
+    assert gzip.decompress((dists(tmp_path) / "main/binary-amd64/Packages.gz").read_bytes()) == plain
+    assert treeverify.verify_tree(tmp_path, PREFIX, DIST, keyring=keyring) == []
+    with pytest.raises(ValueError, match="level 10"):
+        tree.publish_tree(request(tmp_path, packages, compression={".xz": 10}), pool, None)
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 20])
+def test_the_fast_packages_reader_agrees_with_the_full_parser(tmp_path, pool, packages, monkeypatch, block):
+    """The post-publish check reads Packages with a block regex; on block edges too."""
+    tree.publish_tree(request(tmp_path, packages), pool, None)
+    path = dists(tmp_path) / "main/binary-amd64/Packages"
+    extra = "Package: ünïcode\nDescription: x\n Filename: not-a-field\nFilename: pool/x.deb\r\nSize: 3\n\n \n"
+    path.write_bytes(path.read_bytes() + extra.encode())
+    monkeypatch.setattr(treeverify, "_BLOCK", block)
+    wanted = ("Package", "Version", "Architecture", "Filename", "Size", "SHA256")
+    with open(path, "rb") as fh:
+        full = [{k: v.strip() for k, v in s.items() if k in wanted} for s in index.iter_stanzas(fh)]
+    with open(path, "rb") as fh:
+        fast = list(treeverify._binary_stanzas(fh))
+    assert fast == full and fast[-1]["Filename"] == "pool/x.deb" and len(fast) == 4

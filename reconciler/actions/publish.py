@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-
+from collections.abc import Iterator
 from pathlib import Path
 
 from reconciler import gpg, locks, tasks, tree
@@ -49,14 +49,18 @@ def signer_for(ctx: tasks.Context, doc: PublishDoc) -> gpg.Signer | None:
     return gpg.Signer(key=signing.key, passphrase_file=passphrase)
 
 
-def load_components(store: Store, sources: dict[str, str]) -> dict[str, list[Package]]:
-    out = {}
+def stream_components(store: Store, sources: dict[str, str]) -> tuple[dict[str, Iterator[Package]], set[tuple[str, str]]]:
+    """Each component's packages as a sorted stream from the state database, and the
+    (type, arch) pairs found across all of them; nothing is loaded whole."""
+    streams, kinds = {}, set()
     for comp, snap in sources.items():
         row = store.snapshots.get(snap)
         if row is None:
             raise NotFound(f"snapshot {snap!r} (component {comp}) does not exist")
-        out[comp] = [p for _id, p in store.packages.load(store.lists.ids(row.list_digest))]
-    return out
+        ids = store.lists.ids(row.list_digest)
+        kinds |= store.packages.kinds(ids)
+        streams[comp] = store.packages.ordered(ids)
+    return streams, kinds
 
 
 def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> str:
@@ -96,15 +100,16 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
 
 def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) -> tree.TreeResult:
     ctx, spec = task.ctx, doc.spec
-    components = load_components(task.store, sources)
-    archs = spec.architectures or sorted({p.arch for pkgs in components.values() for p in pkgs
-                                          if p.arch not in ("all", "source")})
+    components, kinds = stream_components(task.store, sources)
+    archs = spec.architectures or sorted({a for _t, a in kinds} - {"all", "source"})
     request = tree.TreeRequest(
         publish_root=ctx.publish_root, prefix=spec.prefix, distribution=spec.distribution,
-        components=components, architectures=archs or ["amd64"], origin=spec.origin, label=spec.label,
+        components=components, types={t for t, _a in kinds},
+        architectures=archs or ["amd64"], origin=spec.origin, label=spec.label,
         suite=spec.suite, codename=spec.codename,
         valid_for=parse_duration(spec.validFor) if spec.validFor else None,
-        acquire_by_hash=spec.acquireByHash, description=spec.description)
+        acquire_by_hash=spec.acquireByHash, description=spec.description,
+        compression=spec.compression.levels())
     # A first publish into a prefix without a pool has nothing to clean up afterwards.
     new_pool = not (tree.prefix_dir(ctx.publish_root, spec.prefix) / "pool").exists()
     signer = signer_for(ctx, doc)
@@ -125,7 +130,7 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
         tree.remove_tree(ctx.publish_root, current.prefix, current.distribution)
     if new_pool:
         return result
-    keep = tree.referenced_paths(components)
+    keep = set(result.pool_paths)
     if current and current.prefix == spec.prefix:
         # A client one publish behind still holds the previous indexes (by-hash keeps
         # them): its package files stay until the next publish.

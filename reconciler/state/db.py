@@ -13,6 +13,7 @@ reads one small row each, and the package count is stored with the list it count
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -135,19 +136,37 @@ def connect(path: Path, *, migrate: bool = True) -> sqlite_utils.Database:
     """Open the state database with the project's settings; create and upgrade it if asked."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=60000")
-        db = sqlite_utils.Database(conn)
-        if migrate:
-            upgrade(db)
-        else:
-            check_version(db)
+        with _setup_lock(path):
+            conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=60000")
+            db = sqlite_utils.Database(conn)
+            if migrate:
+                upgrade(db)
+            else:
+                check_version(db)
     except sqlite3.DatabaseError as exc:
         raise StateError(_diagnose(path, exc)) from exc
     return db
+
+
+@contextmanager
+def _setup_lock(path: Path) -> Iterator[None]:
+    """Serialise opening: switching a new file to WAL can fail with "database is locked"
+    without waiting (SQLite does not call the busy handler there) when another process
+    is setting up the same file, as two commands started together on a fresh root do."""
+    try:
+        fd = os.open(path.with_name(path.name + ".open-lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only root: SQLite itself then says what is wrong
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _diagnose(path: Path, exc: sqlite3.DatabaseError) -> str:

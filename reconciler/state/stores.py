@@ -32,6 +32,11 @@ def _chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+def _json_ids(ids: Sequence[int]) -> str:
+    """Ids as one JSON array parameter: `IN (SELECT value FROM json_each(?))` takes any count."""
+    return json.dumps(list(ids))
+
+
 @dataclass(frozen=True)
 class MirrorRow:
     id: int
@@ -171,6 +176,33 @@ class Packages:
             for row in self.db.execute(
                     f"SELECT id, type, name, version, arch, fields, files FROM packages WHERE id IN ({marks})", chunk):
                 yield row[0], self._package(row)
+
+    # The order a published index lists packages in. SQLite compares TEXT byte by byte
+    # (UTF-8), which is the code point order Python compares str in, so this matches
+    # sorting by `(p.name, p.version, p.arch, p.type)`; the id makes ties deterministic.
+    ORDER = "name, version, arch, type, id"
+
+    def ordered(self, ids: Sequence[int]) -> Iterator[Package]:
+        """The packages of a list sorted by name, version, arch and type, streamed.
+
+        SQLite sorts (spilling to disk if it must); Python holds one row at a time, so
+        publishing Debian's 65,000-package main costs no more memory than a small list.
+        """
+        cursor = self.db.conn.execute(
+            "SELECT id, type, name, version, arch, fields, files FROM packages"
+            f" WHERE id IN (SELECT value FROM json_each(?)) ORDER BY {self.ORDER}", (_json_ids(ids),))
+        try:
+            for row in cursor:
+                yield self._package(row)
+        finally:
+            cursor.close()
+
+    def kinds(self, ids: Sequence[int]) -> set[tuple[str, str]]:
+        """The distinct (type, arch) pairs in a list, without loading its packages."""
+        rows = self.db.conn.execute(
+            "SELECT DISTINCT type, arch FROM packages WHERE id IN (SELECT value FROM json_each(?))",
+            (_json_ids(ids),))
+        return {(t, a) for t, a in rows}
 
     def source_files(self, ids: Iterable[int]) -> Iterator[tuple[str, list[str]]]:
         """(source name, file paths) per package, without decoding control stanzas."""

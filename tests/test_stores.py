@@ -1,0 +1,33 @@
+"""The state stores against a real SQLite file: the ordered package stream a publish reads."""
+
+from __future__ import annotations
+
+import random
+
+from reconciler import tree
+from reconciler.debian.package import Package, PackageFile
+from reconciler.state import db as statedb
+from reconciler.state.stores import Store
+
+
+def _package(name: str, version: str, arch: str, type_: str = "deb") -> Package:
+    digest = f"{abs(hash((name, version, arch, type_))):064x}"[-64:]
+    files = (PackageFile(f"pool/main/{name[0]}/{name}/{name}_{version}_{arch}.deb", 10, digest),)
+    return Package(type_, name, version, arch, {"Package": name, "Version": version, "Architecture": arch}, files)
+
+
+def test_ordered_streams_a_list_in_the_order_a_published_index_uses(tmp_path):
+    names = ["a", "a+b", "a-b", "a.b", "aa", "Zed", "z", "libc6", "libc6-dev", "ünïcode", "x0", "x10", "x9"]
+    versions = ["1.0", "1.0~rc1", "1.0+b1", "10.0", "2:0.1", "1.0-1"]
+    rng = random.Random(7)
+    packages = [_package(n, v, a, t) for n in names for v in rng.sample(versions, 3)
+                for a, t in (("amd64", "deb"), ("all", "deb"), ("amd64", "udeb"), ("source", "source"))]
+    rng.shuffle(packages)
+    store = Store(statedb.connect(tmp_path / "state.db"))
+    ids = store.packages.add(packages)
+    chosen = rng.sample(ids, len(ids) // 2)
+    by_id = dict(zip(ids, packages))
+    streamed = list(store.packages.ordered(chosen))
+    assert [tree.order_key(p) for p in streamed] == sorted(tree.order_key(by_id[i]) for i in chosen)
+    assert store.packages.kinds(chosen) == {(by_id[i].type, by_id[i].arch) for i in chosen}
+    assert list(store.packages.ordered([])) == [] and store.packages.kinds([]) == set()
