@@ -103,11 +103,23 @@ def environment() -> dict:
                        "with -keyring (gpgDisableVerify false)"}
 
 
+def compile_bytecode() -> None:
+    """Byte-compile reconciler, as installing its wheel (pip, the Dockerfile) does.
+
+    An editable checkout run with PYTHONDONTWRITEBYTECODE (set on these machines) would
+    otherwise compile every module from source in every step: ~0.1 s that no installed
+    copy pays.
+    """
+    package = Path(__file__).resolve().parent.parent / "reconciler"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="reconciler-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     keys, gpg_keys = make_keys(work)
+    compile_bytecode()
     payload = {"environment": environment(), "sizes": []}
     try:
         for n in (int(s) for s in args.sizes.split(",") if s.strip()):

@@ -30,7 +30,16 @@ class Transport:
         self.local = threading.local()
         self.lock = threading.Lock()
         self.all: list[http.client.HTTPConnection] = []
-        self.tls = ssl.create_default_context()
+        self._tls: ssl.SSLContext | None = None
+
+    @property
+    def tls(self) -> ssl.SSLContext:
+        """Made on first use: loading the system's CA store costs ~50 ms, and most
+        runs (a file: or plain-http archive, an up-to-date mirror) never need it."""
+        with self.lock:
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            return self._tls
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         pool = self.local.__dict__.setdefault("pool", {})

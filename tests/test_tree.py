@@ -281,6 +281,11 @@ def test_shallow_verify_checks_package_files_by_size_only(tmp_path, pool, packag
     assert len(treeverify.verify_tree(tmp_path, PREFIX, DIST, keyring=None)) == 1
     _delete_pool_file(tmp_path)
     assert len(treeverify.verify_tree(tmp_path, PREFIX, DIST, keyring=None, deep=False)) == 1
+    published = tmp_path / PREFIX / "pool/main/h/hello/hello_1.0-1_arm64.deb"
+    published.unlink()
+    published.write_bytes(b"short")
+    problems = treeverify.verify_tree(tmp_path, PREFIX, DIST, keyring=None, deep=False)
+    assert len(problems) == 2 and any("hello_1.0-1_arm64.deb: size 5, expected" in p for p in problems), problems
 
 
 def test_verify_with_the_wrong_key(tmp_path, pool, packages, signer, other_gpg_key):

@@ -27,8 +27,6 @@ from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from debian.deb822 import PkgRelation
-
 from reconciler.debian import query
 from reconciler.debian.package import Package
 
@@ -72,6 +70,8 @@ def parse_relations(text: str) -> tuple[Group, ...]:
     if not text.strip():
         return ()
     groups = []
+    from debian.deb822 import PkgRelation  # imported on use: ~30 ms that most runs never need
+
     for alternatives in PkgRelation.parse_relations(text):
         group = tuple(_relation(rel) for rel in alternatives if rel["name"])
         if group:

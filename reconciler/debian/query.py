@@ -43,8 +43,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from debian.deb822 import PkgRelation
-
 from reconciler.debian.package import Package
 from reconciler.errors import ReconcilerError
 
@@ -134,6 +132,8 @@ def version_matcher(op: str, value: str) -> Callable[[str], bool]:
 @functools.lru_cache(maxsize=1 << 14)
 def _parse_provides(text: str) -> tuple[tuple[str, str | None], ...]:
     provided = []
+    from debian.deb822 import PkgRelation  # imported on use: ~30 ms that most runs never need
+
     for group in PkgRelation.parse_relations(text):
         for rel in group:
             if rel["name"]:
