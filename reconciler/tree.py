@@ -42,19 +42,22 @@ share a prefix's pool), holding the locks of all of them.
 
 from __future__ import annotations
 
-import errno
+import fcntl
+import functools
 import hashlib
 import os
+import json
 import posixpath
-import queue
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
-import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import IO
 
 from reconciler.debian.index import (
     IndexWriter,
@@ -143,6 +146,7 @@ def dist_dir(publish_root: Path, prefix: str, distribution: str) -> Path:
     return prefix_dir(publish_root, prefix) / "dists" / distribution
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked twice per package, and by every package of a source
 def pool_dir(component: str, source: str) -> str:
     """`pool/main/h/hello`, `pool/main/libf/libfoo`: Debian's split by the source's initial."""
     if not _SAFE_NAME.match(source):
@@ -179,9 +183,9 @@ def order_key(package: Package) -> tuple[str, str, str, str]:
 def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None) -> TreeResult:
     """Write (or switch) the tree for one prefix/distribution; see the module docstring.
 
-    One pass over the packages: each is linked into the pool (by a worker thread, so
-    the link and mkdir system calls overlap the formatting of stanzas) and written to
-    its indexes. Nothing is switched until every link is in place.
+    One pass over the packages: each is linked into the pool (by a child process, so
+    the link and mkdir system calls run on another CPU while stanzas are formatted)
+    and written to its indexes. Nothing is switched until every link is in place.
     """
     _check_request(req)
     root = prefix_dir(req.publish_root, req.prefix)
@@ -230,26 +234,27 @@ def _check_request(req: TreeRequest) -> None:
 
 
 class _Linker:
-    """Hard-links package files into PREFIX/pool from a worker thread, in batches.
+    """Hard-links package files into PREFIX/pool through a child process, in batches.
 
     `add` runs in the publishing thread: it checks the paths and refuses two different
-    files under one name (a Conflict) at once. The worker makes the links; `close`
-    waits for it and raises the first error it met. The queue is bounded, so memory
-    stays a few batches; `claims` (pool path -> sha256, size, package) is the one
-    thing that grows with the publish, a short record per file.
+    files under one name (a Conflict) at once, then queues the link for the child
+    (`reconciler.linkworker`), which makes it on the other CPU. `close` waits for the
+    child and settles what it reported (a different file already in place, a file
+    missing from the pool, another filesystem). `claims` (pool path -> sha256, size,
+    package) is the one thing that grows with the publish, a short record per file.
     """
 
     BATCH = 256
+    PIPE_SIZE = 1 << 20  # pairs in flight, so the publishing thread rarely waits on the child
 
     def __init__(self, root: Path, pool: LocalPackagePool):
         self.root = str(root)
         self.pool = pool
         self.claims: dict[str, tuple[str, int, str]] = {}
-        self.error: BaseException | None = None
-        self._batch: list[tuple[str, PackageFile, str]] = []
-        self._queue: queue.Queue = queue.Queue(maxsize=8)
-        self._thread = threading.Thread(target=self._run, name="pool-link", daemon=True)
-        self._thread.start()
+        self._batch: list[bytes] = []
+        self._proc: subprocess.Popen | None = None
+        self._report: IO[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
 
     def add(self, component: str, pkg: Package) -> None:
         if pkg.type != "source" and not pkg.files:
@@ -258,7 +263,7 @@ class _Linker:
             seen = self.claims.get(path)
             if seen is None:
                 self.claims[path] = (pf.sha256, pf.size, pkg.ref)
-                self._batch.append((path, pf, pkg.ref))
+                self._batch.append(os.fsencode(f"{self.pool.path(pf.sha256)}\0{self.root}/{path}\0"))
             elif seen[0] != pf.sha256:
                 raise Conflict(
                     f"{path}: claimed by {seen[2]} (size {seen[1]}, sha256 {seen[0]}) "
@@ -268,41 +273,68 @@ class _Linker:
             self._send()
 
     def _send(self) -> None:
-        if self.error is not None:
-            raise self.error
-        if self._batch:
-            self._queue.put(self._batch)
-            self._batch = []
+        if not self._batch:
+            return
+        if self._proc is None:
+            self._start()
+        try:
+            self._proc.stdin.write(b"".join(self._batch))
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            self._settle()  # the child stopped early: its report says why
+            raise PermanentError("pool links: the link worker stopped early") from None
+        self._batch = []
 
-    def _run(self) -> None:
-        while (batch := self._queue.get()) is not None:
-            if self.error is not None:
-                continue
-            try:
-                for path, pf, ref in batch:
-                    self._link(path, pf, ref)
-            except BaseException as exc:  # reported to the publishing thread
-                self.error = exc
-
-    def _link(self, rel: str, pf: PackageFile, ref: str) -> None:
-        _link_one(str(self.pool.path(pf.sha256)), os.path.join(self.root, rel), pf, ref, rel)
+    def _start(self) -> None:
+        self._report, self._stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self._proc = subprocess.Popen([sys.executable, "-m", "reconciler.linkworker"], stdin=subprocess.PIPE,
+                                      stdout=self._report, stderr=self._stderr)
+        try:
+            fcntl.fcntl(self._proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, self.PIPE_SIZE)
+        except OSError:
+            pass  # above the system's limit: a smaller pipe works, with more waiting
 
     def close(self) -> None:
-        """Wait until every link is made; raise the first error."""
+        """Wait until every link is made; raise the first thing that went wrong."""
         self._send()
-        self.stop()
-        if self.error is not None:
-            raise self.error
+        if self._proc is not None:
+            self._proc.stdin.close()
+            self._proc.wait()
+            self._settle()
+
+    def _settle(self) -> None:
+        self._proc.wait()
+        self._report.seek(0)
+        for line in self._report:
+            report = json.loads(line)
+            rel = os.path.relpath(report["dest"], self.root)
+            if report["kind"] == "error":
+                raise OSError(report["errno"], report["message"], report["dest"])
+            sha256, size, ref = self.claims[rel]
+            _settle(report["kind"], report["src"], report["dest"], PackageFile(rel, size, sha256), ref, rel)
+        if self._proc.returncode != 0:
+            self._stderr.seek(0)
+            detail = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise PermanentError(f"pool links: the link worker failed ({self._proc.returncode}): {' '.join(detail)}")
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        """Stop the child if it still runs (the publish failed); close its files."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        for fh in (self._report, self._stderr):
+            if fh is not None:
+                fh.close()
 
 
-def _link_one(src: str, dest: str, pf: PackageFile, ref: str, rel: str) -> None:
-    """Hard-link `src` to `dest`; leave an identical file alone; refuse a different one."""
-    if _place(src, dest, pf, ref) or _holds(dest, src, pf):
+def _settle(kind: str, src: str, dest: str, pf: PackageFile, ref: str, rel: str) -> None:
+    """Finish a link the worker reported: copy across filesystems, accept an identical
+    file already in place, refuse a different one."""
+    if kind == "nosrc":
+        raise PermanentError(f"{ref}: the pool has no file {pf.sha256} ({pf.basename})")
+    if kind == "cross" and _copy_in(src, dest):
+        return
+    if _holds(dest, src, pf):
         return
     have, size = file_sha256(dest)
     raise Conflict(
@@ -311,28 +343,9 @@ def _link_one(src: str, dest: str, pf: PackageFile, ref: str, rel: str) -> None:
     )
 
 
-def _place(src: str, dest: str, pf: PackageFile, ref: str) -> bool:
-    """Create `dest` from `src` if it does not exist yet; False when something is already there.
-
-    Both ways create the name in one step (link), so the file appears only complete:
-    a hard link, or across filesystems a copy beside the target that is then linked.
-    """
-    try:
-        os.link(src, dest)
-        return True
-    except FileExistsError:
-        return False
-    except FileNotFoundError:
-        # The directory is made on demand: on a switch nearly all of them exist already,
-        # and a mkdir that fails costs as much as one that succeeds.
-        directory = os.path.dirname(dest)
-        if os.path.exists(src) and not os.path.isdir(directory):
-            os.makedirs(directory, exist_ok=True)
-            return _place(src, dest, pf, ref)
-        raise PermanentError(f"{ref}: the pool has no file {pf.sha256} ({pf.basename})") from None
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
+def _copy_in(src: str, dest: str) -> bool:
+    """Across filesystems: a copy beside the target, then linked, so the name appears
+    only complete. False when something is already there."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
     os.close(fd)
     try:

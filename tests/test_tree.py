@@ -650,3 +650,27 @@ def test_the_fast_packages_reader_agrees_with_the_full_parser(tmp_path, pool, pa
     with open(path, "rb") as fh:
         fast = list(treeverify._binary_stanzas(fh))
     assert fast == full and fast[-1]["Filename"] == "pool/x.deb" and len(fast) == 4
+
+
+# --- the link worker ----------------------------------------------------------------
+
+
+def test_link_worker_reads_pairs_across_any_chunking():
+    from reconciler import linkworker
+
+    data = b"".join(f"/pool/{i}\0/tree/{i}\0".encode() for i in range(50))
+
+    class Trickle(io.BytesIO):
+        def read1(self, size=-1):
+            return super().read1(7)
+
+    assert list(linkworker.pairs(Trickle(data))) == [(f"/pool/{i}", f"/tree/{i}") for i in range(50)]
+
+
+def test_an_unexpected_os_error_in_the_link_worker_fails_the_publish_before_the_switch(tmp_path, pool, packages):
+    (tmp_path / PREFIX / "pool/main").mkdir(parents=True)
+    (tmp_path / PREFIX / "pool/main/h").write_text("a file where a directory belongs")
+    with pytest.raises(NotADirectoryError, match="pool/main/h"):
+        tree.publish_tree(request(tmp_path, packages), pool, None)
+    assert not (dists(tmp_path) / "Release").exists()
+    assert not list(dists(tmp_path).glob(tree.STAGING_PREFIX + "*"))
