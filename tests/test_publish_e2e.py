@@ -235,3 +235,28 @@ def test_changed_snapshot_spec_is_a_plan_error_unless_replaced(setup):
     replaced = setup.apply("--replace", "s1", check=False)
     assert replaced.returncode == 1, "s1 is used by a publish: the replace must be refused"
     assert "in use by publish/pub" in replaced.stdout + replaced.stderr
+
+
+def test_moving_a_publish_to_another_prefix_cleans_the_old_prefix(setup):
+    """The old prefix loses its dists and the pool files only the moved publish used;
+    another publish still under the old prefix keeps its own."""
+    setup.write([("snap1", "mirror: up")], publish_to="snap1")
+    setup.apply()
+    old_pool = setup.root / "public/debian/pool"
+    assert any(old_pool.rglob("*.deb"))
+    spec = setup.specs / "all.yaml"
+    stay = PUBLISH.format(snapshot="snap1", key=setup.signing_key.secret_armored,
+                          passphrase=setup.signing_key.passphrase_file)
+    stay = stay.replace("name: pub", "name: stays").replace("distribution: stable", "distribution: testing")
+    stay = stay.replace("components: {main: snap1}", "components: {contrib: snap1}")
+    spec.write_text(spec.read_text() + stay)
+    setup.apply()
+    kept = {p.relative_to(old_pool).as_posix() for p in old_pool.rglob("*.deb")}
+    assert {k for k in kept if k.startswith("main/")} and {k for k in kept if k.startswith("contrib/")}
+    spec.write_text(spec.read_text().replace("prefix: debian\n  distribution: stable", "prefix: moved\n  distribution: stable"))
+    out = setup.apply().stdout
+    assert "publish/pub: switched moved/stable" in out, out
+    assert not (setup.root / "public/debian/dists/stable").exists()
+    left = {p.relative_to(old_pool).as_posix() for p in old_pool.rglob("*.deb")}
+    assert left == {k for k in kept if k.startswith("contrib/")}  # only what `stays` uses
+    assert cli(setup.root, "verify").returncode == 0

@@ -33,9 +33,13 @@ def inputs_digest(spec: dict, digests: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _keys(doc: PublishDoc, sources: dict[str, str]) -> list[str]:
+def _keys(doc: PublishDoc, sources: dict[str, str], where: tuple[str, str] | None) -> list[str]:
+    """The publish's place and prefix, the place it moves away from (`where`, read before
+    the lock and checked again inside) with its prefix, whose pool must be cleaned,
+    and every snapshot it points at."""
     spec = doc.spec
-    keys = [locks.publish(spec.prefix, spec.distribution), locks.prefix(spec.prefix)]
+    places = {(spec.prefix, spec.distribution)} | ({where} if where else set())
+    keys = [key for prefix, dist in sorted(places) for key in (locks.publish(prefix, dist), locks.prefix(prefix))]
     return keys + [locks.snapshot(s) for s in sources.values()]
 
 
@@ -65,7 +69,10 @@ def stream_components(store: Store, sources: dict[str, str]) -> tuple[dict[str, 
 
 def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> str:
     name, spec = doc.metadata.name, doc.spec
-    sources = resolve_sources(doc, {r.name: r for r in ctx.store().snapshots.list()})
+    store = ctx.store()
+    sources = resolve_sources(doc, {r.name: r for r in store.snapshots.list()})
+    before = store.publishes.get(name)
+    where = (before.prefix, before.distribution) if before else None
 
     def body(task: tasks.Task) -> str:
         store = task.store
@@ -82,6 +89,8 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         wanted = spec.model_dump(mode="json")
         digest = inputs_digest(wanted, {c: r.list_digest for c, r in rows.items()})
         current = store.publishes.get(name)
+        if current is not None and (current.prefix, current.distribution) != where:
+            raise Refused(f"publish/{name} moved while waiting for the lock; run again")
         target = tree.dist_dir(ctx.publish_root, spec.prefix, spec.distribution)
         if current and current.inputs_digest == digest and (target / "Release").exists():
             return f"publish/{name}: up to date"
@@ -95,7 +104,7 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         task.log(message)
         return message
 
-    return tasks.run(ctx, f"publish {name}", _keys(doc, sources), body)
+    return tasks.run(ctx, f"publish {name}", _keys(doc, sources, where), body)
 
 
 def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) -> tree.TreeResult:
@@ -128,6 +137,8 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
         raise PermanentError(f"publish/{doc.metadata.name}: the written tree does not verify: " + "; ".join(problems[:5]))
     if current and (current.prefix, current.distribution) != (spec.prefix, spec.distribution):
         tree.remove_tree(ctx.publish_root, current.prefix, current.distribution)
+        if current.prefix != spec.prefix:  # what it used there, unless others under that prefix use it too
+            _cleanup(task, current.prefix, doc.metadata.name, set())
     if new_pool:
         return result
     keep = set(result.pool_paths)
