@@ -31,3 +31,11 @@ def test_ordered_streams_a_list_in_the_order_a_published_index_uses(tmp_path):
     assert [tree.order_key(p) for p in streamed] == sorted(tree.order_key(by_id[i]) for i in chosen)
     assert store.packages.kinds(chosen) == {(by_id[i].type, by_id[i].arch) for i in chosen}
     assert list(store.packages.ordered([])) == [] and store.packages.kinds([]) == set()
+
+
+def test_source_files_names_every_file_without_decoding_stanzas(tmp_path):
+    pkgs = [_package("hello", "1.0", "amd64"), _package("hello-doc", "1.0", "all"), _package("zed", "2", "amd64")]
+    store = Store(statedb.connect(tmp_path / "state.db"))
+    ids = store.packages.add(pkgs)
+    assert sorted(store.packages.source_files(ids[:2])) == sorted(
+        (p.source_name, p.files[0].path) for p in pkgs[:2])

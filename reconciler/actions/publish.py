@@ -157,9 +157,8 @@ def referenced_paths(store: Store, sources: dict[str, str]) -> set[str]:
         row = store.snapshots.get(snap)
         if row is None:
             continue
-        for source, files in store.packages.source_files(store.lists.ids(row.list_digest)):
-            directory = tree.pool_dir(comp, source)
-            paths.update(f"{directory}/{posixpath.basename(path)}" for path in files)
+        for source, path in store.packages.source_files(store.lists.ids(row.list_digest)):
+            paths.add(f"{tree.pool_dir(comp, source)}/{posixpath.basename(path)}")
     return paths
 
 

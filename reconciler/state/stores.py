@@ -204,12 +204,12 @@ class Packages:
             (_json_ids(ids),))
         return {(t, a) for t, a in rows}
 
-    def source_files(self, ids: Iterable[int]) -> Iterator[tuple[str, list[str]]]:
-        """(source name, file paths) per package, without decoding control stanzas."""
-        for chunk in _chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            for source, files in self.db.execute(f"SELECT source, files FROM packages WHERE id IN ({marks})", chunk):
-                yield source, [path for path, _size, _sha in json.loads(files)]
+    def source_files(self, ids: Sequence[int]) -> Iterator[tuple[str, str]]:
+        """(source name, file path) of every file of the packages, without decoding any
+        control stanza: SQLite takes the paths out of the stored JSON."""
+        yield from self.db.conn.execute(
+            "SELECT p.source, json_extract(f.value, '$[0]') FROM packages p, json_each(p.files) f"
+            " WHERE p.id IN (SELECT value FROM json_each(?))", (_json_ids(ids),))
 
     def files(self, ids: Iterable[int]) -> Iterator[tuple[str, int, str]]:
         """(sha256, size, path) of every file of the given packages."""
