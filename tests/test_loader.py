@@ -70,6 +70,7 @@ def test_relative_file_url_is_resolved_against_the_spec(tmp_path):
 @pytest.mark.parametrize("text, expected", [
     ("kind: Mirror\nmetadata: {name: x\n", "malformed YAML"),
     ("apiVersion: reconciler/v1\nmetadata: {name: x}\nspec: {}\n", "kind: missing"),
+    (MIRROR.format(name="m1") + "  distribution: testing\n", "m.yaml:9: malformed YAML: duplicate key 'distribution' (first on line 7)"),
     ("apiVersion: reconciler/v1\nkind: Bucket\nmetadata: {name: x}\nspec: {}\n", "unknown kind 'Bucket'"),
     (MIRROR.format(name="m1") + "  colour: blue\n", "m.yaml:9: Mirror/m1: spec.colour: unknown field"),
     (MIRROR.format(name="Bad_Name"), "m.yaml:4: Mirror/Bad_Name: metadata.name: String should match pattern"),
