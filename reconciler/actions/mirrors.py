@@ -77,7 +77,10 @@ def identity_map(packages) -> dict[tuple, set[str]]:
 
 
 def stored_identity_map(store: Store, ids) -> dict[tuple, set[str]]:
-    return identity_map(p for _id, p in store.packages.load(ids))
+    slots: dict[tuple, set[str]] = {}
+    for type_, name, arch, key in store.packages.identities(ids):
+        slots.setdefault((type_, name, arch), set()).add(key)
+    return slots
 
 
 def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: bool = False,

@@ -145,23 +145,39 @@ class Packages:
         self.db = db
 
     def add(self, packages: Iterable[Package]) -> list[int]:
-        """Store packages not seen before; return the id of each, in order."""
+        """Store packages not seen before; return the id of each, in order.
+
+        Only the new ones are encoded: a next-day update of a 20,000-package mirror
+        finds ~95% of them stored already."""
         packages = list(packages)
+        keys = [p.key for p in packages]
+        ids = self._ids(keys)
         rows = [
             (p.key, p.type, p.name, p.version, p.arch, p.source_name,
              p.files[0].sha256 if p.files else "", sum(f.size for f in p.files),
              json.dumps(p.fields), json.dumps([[f.path, f.size, f.sha256] for f in p.files]))
-            for p in packages
+            for p in packages if p.key not in ids
         ]
-        self.db.conn.executemany(
-            "INSERT OR IGNORE INTO packages (key, type, name, version, arch, source, sha256, size, fields, files)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if rows:
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO packages (key, type, name, version, arch, source, sha256, size, fields, files)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            ids.update(self._ids([r[0] for r in rows]))
+        return [ids[k] for k in keys]
+
+    def _ids(self, keys: Sequence[str]) -> dict[str, int]:
         ids: dict[str, int] = {}
-        keys = [r[0] for r in rows]
         for chunk in _chunks(keys):
             marks = ",".join("?" * len(chunk))
             ids.update(self.db.execute(f"SELECT key, id FROM packages WHERE key IN ({marks})", chunk).fetchall())
-        return [ids[k] for k in keys]
+        return ids
+
+    def identities(self, ids: Sequence[int]) -> Iterator[tuple[str, str, str, str]]:
+        """(type, name, arch, key) of each package: what an update diff needs, without
+        decoding any stanza."""
+        yield from self.db.conn.execute(
+            "SELECT type, name, arch, key FROM packages WHERE id IN (SELECT value FROM json_each(?))",
+            (_json_ids(ids),))
 
     @staticmethod
     def _package(row: tuple) -> Package:
