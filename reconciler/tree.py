@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import IO
 
 from reconciler.debian.index import (
+    COMPRESSED_FORMS,
     IndexWriter,
     WrittenFile,
     format_release,
@@ -231,6 +232,9 @@ def _check_request(req: TreeRequest) -> None:
             raise PermanentError(f"architecture {arch!r} cannot be published as binary-{arch}")
     if not req.architectures:
         raise PermanentError("a publish needs at least one binary architecture")
+    for suffix, level in req.compression.items():
+        if level not in COMPRESSED_FORMS.get(suffix, ()):
+            raise PermanentError(f"index compression {suffix} level {level} is not supported")
 
 
 class _Linker:
@@ -319,9 +323,14 @@ class _Linker:
 
     def stop(self) -> None:
         """Stop the child if it still runs (the publish failed); close its files."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+            try:
+                self._proc.stdin.close()
+            except BrokenPipeError:  # unsent bytes of a killed child: nothing to deliver
+                pass
         for fh in (self._report, self._stderr):
             if fh is not None:
                 fh.close()
@@ -418,9 +427,14 @@ def _open_writers(stage: Path, comp: str, archs: list[str], kinds: set[str],
     if "source" in kinds:
         layout[("source", "source")] = f"{comp}/source/Sources"
     writers = {}
-    for key, rel in layout.items():
-        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-        writers[key] = IndexWriter(stage / rel, levels=compression)
+    try:
+        for key, rel in layout.items():
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            writers[key] = IndexWriter(stage / rel, levels=compression)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
     return writers
 
 

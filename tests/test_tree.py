@@ -632,8 +632,11 @@ def test_compression_levels_and_forms_follow_the_request(tmp_path, pool, package
     plain = (dists(tmp_path) / "main/binary-amd64/Packages").read_bytes()
     assert gzip.decompress((dists(tmp_path) / "main/binary-amd64/Packages.gz").read_bytes()) == plain
     assert treeverify.verify_tree(tmp_path, PREFIX, DIST, keyring=keyring) == []
-    with pytest.raises(ValueError, match="level 10"):
+    with pytest.raises(PermanentError, match="level 10"):
         tree.publish_tree(request(tmp_path, packages, compression={".xz": 10}), pool, None)
+    with pytest.raises(ValueError, match="level 0"):
+        index.IndexWriter(tmp_path / "Packages-test", levels={".gz": 0})
+    assert not (tmp_path / "Packages-test").exists()  # refused before any file was opened
 
 
 @pytest.mark.parametrize("block", [7, 64, 1 << 20])

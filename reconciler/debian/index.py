@@ -208,9 +208,10 @@ class IndexWriter:
         self._raws = []
         self._sinks: dict[str, _HashingSink] = {}
         self._streams: dict[str, BinaryIO] = {}
+        for suffix, level in levels.items():  # before any file is opened
+            if level not in COMPRESSED_FORMS.get(suffix, ()):
+                raise ValueError(f"{suffix}: compression level {level} is not supported")
         for suffix in ("", *levels):
-            if suffix and levels[suffix] not in COMPRESSED_FORMS[suffix]:
-                raise ValueError(f"{suffix}: level {levels[suffix]} is not one of {COMPRESSED_FORMS[suffix]}")
             raw = open(path.with_name(path.name + suffix), "wb")
             self._raws.append(raw)
             sink = self._sinks[suffix] = _HashingSink(raw)
