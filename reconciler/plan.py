@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from types import SimpleNamespace
 
 from reconciler.loader import Specs
-from reconciler.spec import parse_duration
+from reconciler.spec import Compression, parse_duration
 from reconciler.state.stores import MirrorRow, PublishRow, SnapshotRow
 
 MIRROR_CONTENT = ("url", "distribution", "components", "architectures", "filter", "filterWithDeps",
@@ -102,6 +102,19 @@ class Options:
 
 def _pick(spec: dict, fields: tuple[str, ...]) -> dict:
     return {k: spec.get(k) for k in fields}
+
+
+# Fields added to the Publish spec after trees were published, at their defaults: a
+# stored spec from before does not have them, and must still compare equal.
+_LATER_DEFAULTS = {"compression": Compression().model_dump(mode="json")}
+
+
+def publish_fields(spec: dict) -> dict:
+    """A publish spec as plans compare it and its inputs digest covers: without its
+    components (compared by snapshot), and without later-added fields at their
+    defaults, so an upgrade does not re-publish every tree."""
+    return {k: v for k, v in spec.items()
+            if k != "components" and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
 
 
 def _diff_fields(before: dict, after: dict) -> list[str]:
@@ -283,8 +296,7 @@ def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_chang
         return Change("create", "Publish", name, f"{where}: {comps}", {"sources": sources})
     sources_noop = {"sources": sources}
     switched = {c: s for c, s in sources.items() if row.sources.get(c) != s or s in remade}
-    fields = _diff_fields({k: v for k, v in row.spec.items() if k != "components"},
-                          {k: v for k, v in doc.spec.model_dump(mode="json").items() if k != "components"})
+    fields = _diff_fields(publish_fields(row.spec), publish_fields(doc.spec.model_dump(mode="json")))
     if switched or fields or set(row.sources) != set(sources):
         reason = f"{where}: " + (", ".join(f"{c}: {row.sources.get(c, '-')} -> {s}" for c, s in switched.items())
                                  or "edit " + ", ".join(fields))

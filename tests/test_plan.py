@@ -166,3 +166,24 @@ def test_plan_json_shape():
     data = planner.plan(s, planner.Observed()).to_json()
     assert data["hasChanges"] is True and data["errors"] == 0
     assert data["changes"][0]["op"] == "create" and data["summary"] == {"create": 1}
+
+
+def test_a_publish_stored_before_compression_existed_is_up_to_date_at_the_defaults():
+    from reconciler.actions.publish import inputs_digest
+
+    declared = {"distribution": "stable", "components": {"main": "s"}, "signing": {"skip": True}}
+    stored = pub_row("p", {"main": "s"})
+    stored.spec.pop("compression")  # as a version before the field wrote it
+    observed = planner.Observed(snapshots={"s": snap_row("s")}, publishes={"p": stored})
+    declared_all = [doc("Mirror", "m", MIRROR_SPEC), doc("Snapshot", "s", {"mirror": "m"})]
+    observed.mirrors = {"m": mirror_row("m")}
+    observed.probes = {"m": planner.Probe(changed=False)}
+    assert ("noop", "Publish", "p") in ops(planner.plan(specs(*declared_all, doc("Publish", "p", declared)), observed))
+    now = doc("Publish", "p", declared).spec.model_dump(mode="json")
+    assert inputs_digest(now, {"main": "d"}) == inputs_digest(stored.spec, {"main": "d"})
+    changed = {**declared, "compression": {"xz": 6}}
+    [change] = [c for c in planner.plan(specs(*declared_all, doc("Publish", "p", changed)), observed).changes
+                if c.kind == "Publish"]
+    assert change.op == "update" and "compression" in change.reason
+    assert inputs_digest(doc("Publish", "p", changed).spec.model_dump(mode="json"), {"main": "d"}) != \
+        inputs_digest(stored.spec, {"main": "d"})
