@@ -27,26 +27,35 @@ def observe(store: Store) -> planner.Observed:
     )
 
 
-def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed) -> dict[str, planner.Probe]:
-    """Read each mirror's upstream (Release, and indexes when it changed); download no package."""
+def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
+          upcoming: dict[str, list] | None = None) -> dict[str, planner.Probe]:
+    """Read each mirror's upstream (Release, and indexes when it changed); download no package.
+
+    `upcoming` receives, for each changed mirror that a declared snapshot is taken
+    from, the package list its update would store: plan previews of those snapshots
+    show what they will hold, not what the mirror holds now."""
     store = ctx.store()
+    wanted_by = {d.spec.mirror for d in specs.snapshots.values() if d.spec.mirror}
     out = {}
     with Fetcher() as fetcher:
         for name, doc in specs.mirrors.items():
             row = observed.mirrors.get(name) or observed.mirrors.get(doc.metadata.renamedFrom or "")
             try:
-                out[name] = _probe_one(ctx, store, fetcher, doc, row)
+                out[name], packages = _probe_one(ctx, store, fetcher, doc, row)
             except ReconcilerError as exc:
                 out[name] = planner.Probe(changed=True, error=str(exc))
+                continue
+            if upcoming is not None and packages is not None and name in wanted_by:
+                upcoming[name] = packages
     return out
 
 
-def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> planner.Probe:
+def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> tuple[planner.Probe, list | None]:
     release = upstream.read_release(fetcher, doc.spec, workdir=ctx.root / "tmp")
     wanted = doc.spec.model_dump(mode="json")
     if (row is not None and row.update_complete and row.release_sha256 == release.sha256
             and mirrors.content(row.spec) == mirrors.content(wanted)):
-        return planner.Probe(changed=False, packages=row.num_packages)
+        return planner.Probe(changed=False, packages=row.num_packages), None
     packages = upstream.read_packages(fetcher, release, doc.spec, cache=ctx.root / "cache" / "indexes")
     old = mirrors.stored_identity_map(store, store.lists.ids(row.list_digest)) if row else {}
     new = mirrors.identity_map(packages)
@@ -54,55 +63,63 @@ def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> planner.Probe:
     sizes = {f.sha256: f.size for p in packages for f in p.files}
     download = sum(size for sha, size in sizes.items() if not ctx.pool.has(sha, size))
     return planner.Probe(changed=True, added=added, updated=changed, removed=removed,
-                         packages=len(packages), download_bytes=download)
+                         packages=len(packages), download_bytes=download), packages
 
 
 def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, with_probe: bool = True) -> planner.Plan:
     observed = observe(ctx.store())
+    upcoming: dict[str, list] = {}
     if with_probe:
-        observed.probes = probe(ctx, specs, observed)
+        observed.probes = probe(ctx, specs, observed, upcoming)
     the_plan = planner.plan(specs, observed, options)
     if with_probe:
-        describe(ctx.store(), specs, the_plan)
+        describe(ctx.store(), specs, the_plan, upcoming)
     return the_plan
 
 
-def _preview(store: Store, specs: Specs, snapshot: str) -> list | None:
-    """The packages a snapshot has, or would have if created now from its source's current list."""
+def _preview(store: Store, specs: Specs, snapshot: str, upcoming: dict[str, list]) -> list | None:
+    """The packages a snapshot has, or would have if this plan created it."""
     row = store.snapshots.get(snapshot)
     if row is not None:
         return [p for _id, p in store.packages.load(store.lists.ids(row.list_digest))]
-    return _preview_new(store, specs, snapshot)
+    return _preview_new(store, specs, snapshot, upcoming)
 
 
-def _preview_new(store: Store, specs: Specs, name: str) -> list | None:
-    """Packages a declared snapshot would get if created now (ignoring any existing row)."""
+def _preview_new(store: Store, specs: Specs, name: str, upcoming: dict[str, list]) -> list | None:
+    """Packages a declared snapshot would get if this plan created it: from its mirror's
+    list after the update the plan makes (`upcoming`), or from its list as stored."""
     doc = specs.snapshots.get(name)
     if doc is None or not doc.spec.mirror:
         return None
-    mirror = store.mirrors.get(doc.spec.mirror)
-    if mirror is None:
-        return None
-    packages = [p for _id, p in store.packages.load(store.lists.ids(mirror.list_digest))]
+    packages = upcoming.get(doc.spec.mirror)
+    if packages is None:
+        mirror = store.mirrors.get(doc.spec.mirror)
+        if mirror is None:
+            return None
+        packages = [p for _id, p in store.packages.load(store.lists.ids(mirror.list_digest))]
     return upstream.select_stored(packages, doc.spec.filter, doc.spec.filterWithDeps)
 
 
-def describe(store: Store, specs: Specs, the_plan: planner.Plan) -> None:
+def describe(store: Store, specs: Specs, the_plan: planner.Plan, upcoming: dict[str, list] | None = None) -> None:
     """Add package counts to snapshot creates and a per-component package diff to publish changes."""
+    upcoming = upcoming or {}
     for change in the_plan.changes:
         if change.kind == "Snapshot" and change.op in ("create", "replace"):
-            preview = _preview_new(store, specs, change.detail.get("series") or change.name)
+            name = change.detail.get("series") or change.name
+            preview = _preview_new(store, specs, name, upcoming)
             if preview is not None:
+                mirror = specs.snapshots[name].spec.mirror
+                source = "after the mirror's update" if mirror in upcoming else "from the current mirror list"
                 change.detail["numPackages"] = len(preview)
-                change.reason += f": {len(preview)} packages (from the current mirror list)"
+                change.reason += f": {len(preview)} packages ({source})"
             continue
         if change.kind != "Publish" or change.op not in ("create", "switch"):
             continue
         before = change.detail.get("before", {})
         components = {}
         for comp, snap in change.detail["sources"].items():
-            new = _preview(store, specs, snap)
-            old = _preview(store, specs, before[comp]) if comp in before else []
+            new = _preview(store, specs, snap, upcoming)
+            old = _preview(store, specs, before[comp], upcoming) if comp in before else []
             if new is None or old is None:
                 continue
             components[comp] = planner.package_diff(old, new)

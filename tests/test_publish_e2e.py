@@ -131,6 +131,13 @@ def test_switch_to_a_newer_snapshot_upgrades_what_apt_sees(setup, http_server, a
     assert changes[("Mirror", "up")]["detail"]["added"] + changes[("Mirror", "up")]["detail"]["changed"] >= 1
     assert changes[("Snapshot", "s2")]["op"] == "create"
     assert changes[("Publish", "pub")]["op"] == "switch"
+    # The previews show the snapshot as it will be, after the mirror's update in this plan.
+    upcoming = changes[("Mirror", "up")]["detail"]["numPackages"]
+    assert changes[("Snapshot", "s2")]["detail"]["numPackages"] == upcoming
+    assert "after the mirror's update" in changes[("Snapshot", "s2")]["reason"]
+    main = changes[("Publish", "pub")]["detail"]["packages"]["main"]
+    assert "hello_2.11-1_amd64" in main["added"]
+    assert "tinymta_0.9-1_amd64" in main["removed"]
     setup.apply()
     diff = cli(setup.root, "diff", "snapshot", "s1", "s2", "--json")
     result = json.loads(diff.stdout)
