@@ -167,11 +167,6 @@ def package_paths(component: str, package: Package) -> list[tuple[str, PackageFi
     return out
 
 
-def referenced_paths(components: dict[str, list[Package]]) -> set[str]:
-    """Every pool path a publish of `components` uses: feed the union to `cleanup_pool`."""
-    return {path for comp, pkgs in components.items() for p in pkgs for path, _ in package_paths(comp, p)}
-
-
 def order_key(package: Package) -> tuple[str, str, str, str]:
     """The order an index lists packages in (deterministic output)."""
     return package.name, package.version, package.arch, package.type
@@ -556,7 +551,7 @@ def _prune_dist(target: Path, current: dict, previous: dict, *, signed: bool) ->
                 path = Path(dirpath) / name
                 if path not in keep_plain and path not in keep_hashed:
                     path.unlink()
-            _rmdir_if_empty(Path(dirpath))
+            _rmdir_if_empty(dirpath)
 
 
 def _own_subdirs(target: Path) -> list[Path]:
@@ -581,9 +576,9 @@ def _remove_staging(target: Path) -> None:
         shutil.rmtree(child, ignore_errors=True)
 
 
-def _rmdir_if_empty(path: Path) -> None:
+def _rmdir_if_empty(path: str | Path) -> None:
     try:
-        path.rmdir()
+        os.rmdir(path)
     except OSError:
         pass
 
@@ -599,9 +594,10 @@ def _sha256(data: bytes) -> str:
 def cleanup_pool(publish_root: Path, prefix: str, referenced: Collection[str] | Callable[[str], bool]) -> int:
     """Delete files under PREFIX/pool that `referenced` does not name; return how many.
 
-    `referenced` must cover every publish under the prefix (their `referenced_paths`
-    unioned), and the caller must hold the locks of all of them: distributions
-    share the pool, and a concurrent publish could be linking a file right now.
+    `referenced` must cover every publish under the prefix (each one's
+    `TreeResult.pool_paths`, or `actions.publish.referenced_paths` from the state),
+    and the caller must hold the locks of all of them: distributions share the pool,
+    and a concurrent publish could be linking a file right now.
     """
     keep = referenced if callable(referenced) else referenced.__contains__
     pool = os.path.join(str(prefix_dir(publish_root, prefix)), "pool")
@@ -609,7 +605,7 @@ def cleanup_pool(publish_root: Path, prefix: str, referenced: Collection[str] | 
         return 0
     removed, empty = _sweep(pool, "pool", keep)
     if empty:
-        _rmdir_if_empty(Path(pool))
+        _rmdir_if_empty(pool)
     return removed
 
 
@@ -625,7 +621,7 @@ def _sweep(directory: str, rel: str, keep: Callable[[str], bool]) -> tuple[int, 
                 count, empty = _sweep(entry.path, name, keep)
                 removed += count
                 if empty:
-                    _rmdir_if_empty(Path(entry.path))
+                    _rmdir_if_empty(entry.path)
                 else:
                     left += 1
             elif keep(name):

@@ -21,18 +21,8 @@ from reconciler import locks
 from tests.support import examples
 from tests.support.serveproc import Server
 from tests.support.server import ArchiveServer
+from tests.support.specs import mirror as mirror_spec
 
-MIRROR = """\
-apiVersion: reconciler/v1
-kind: Mirror
-metadata: {{name: {name}}}
-spec:
-  url: {url}
-  distribution: stable
-  components: [main]
-  architectures: [amd64]
-  keyrings: [{keyring}]
-"""
 SNAPSHOT_AND_PUBLISH = """\
 ---
 apiVersion: reconciler/v1
@@ -67,7 +57,7 @@ def upstream(tmp_path_factory, gpg_key):
 def write_specs(directory: Path, upstream, *, mirrors: tuple[str, ...] = ("up",), with_users: bool = True) -> Path:
     built, server, key = upstream
     directory.mkdir(parents=True, exist_ok=True)
-    text = "---\n".join(MIRROR.format(name=m, url=server.url, keyring=key.public_armored) for m in mirrors)
+    text = "---\n".join(mirror_spec(m, server.url, key.public_armored) for m in mirrors)
     (directory / "all.yaml").write_text(text + (SNAPSHOT_AND_PUBLISH if with_users else ""))
     return directory
 

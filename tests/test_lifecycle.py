@@ -12,18 +12,8 @@ import pytest
 
 from tests.support import examples
 from tests.support.cli import reconciler
+from tests.support.specs import mirror as mirror_spec
 
-MIRROR = """\
-apiVersion: reconciler/v1
-kind: Mirror
-metadata: {{name: {name}{meta}}}
-spec:
-  url: {url}
-  distribution: stable
-  components: [main]
-  architectures: [amd64]
-  keyrings: [{keyring}]
-{extra}"""
 SNAPSHOT = """\
 ---
 apiVersion: reconciler/v1
@@ -43,7 +33,7 @@ class World:
         self.up = http_archive
 
     def mirror(self, name="m", meta="", extra="") -> str:
-        return MIRROR.format(name=name, meta=meta, url=self.up.url, keyring=self.up.key.public_armored, extra=extra)
+        return mirror_spec(name, self.up.url, self.up.key.public_armored, meta=meta, extra=extra)
 
     def apply(self, text: str, *args: str, specs: str = "specs") -> subprocess.CompletedProcess:
         d = self.dir / specs

@@ -19,18 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import start as cli_start
+from tests.support.specs import mirror as mirror_spec
 
-MIRROR = """\
-apiVersion: reconciler/v1
-kind: Mirror
-metadata: {{name: {name}}}
-spec:
-  url: {url}
-  distribution: stable
-  components: [main]
-  architectures: [amd64]
-  keyrings: [{keyring}]
-{extra}"""
 SNAPSHOT = """\
 ---
 apiVersion: reconciler/v1
@@ -78,7 +68,7 @@ class Race:
         return d
 
     def mirror(self, name="m", extra="") -> str:
-        return MIRROR.format(name=name, url=self.up.url, keyring=self.up.key.public_armored, extra=extra)
+        return mirror_spec(name, self.up.url, self.up.key.public_armored, extra=extra)
 
     def apply(self, text: str, name="specs") -> None:
         out = subprocess.run([sys.executable, "-m", "reconciler", "--root", str(self.root), "apply",

@@ -27,18 +27,8 @@ from dulwich.web import make_wsgi_chain
 from reconciler import serve as serve_module
 from tests.support import examples
 from tests.support.serveproc import Server
+from tests.support.specs import mirror as mirror_spec
 
-MIRROR = """\
-apiVersion: reconciler/v1
-kind: Mirror
-metadata: {{name: {name}}}
-spec:
-  url: {url}
-  distribution: stable
-  components: [main]
-  architectures: [amd64]
-  keyrings: [{keyring}]
-"""
 SNAPSHOT = """\
 ---
 apiVersion: reconciler/v1
@@ -132,7 +122,7 @@ def git_repo(tmp_path):
 
 
 def spec_files(http_archive, snapshots: list[tuple[str, str]], publish_to: str, *, broken: bool = False) -> dict:
-    mirror = MIRROR.format(name="up", url=http_archive.url, keyring="../keys/upstream.asc")
+    mirror = mirror_spec("up", http_archive.url, "../keys/upstream.asc")
     text = "".join(SNAPSHOT.format(name=n, extra=extra) for n, extra in snapshots)
     if broken:
         text += SNAPSHOT.format(name="typo", extra=", filtr: hello")
@@ -277,8 +267,8 @@ class ConfigMapDir:
 
 def configmap_files(http_archive, snapshots, publish_to: str, *extra_mirrors: tuple[str, str]) -> dict[str, str]:
     keyring = str(http_archive.key.public_armored)
-    mirrors = [MIRROR.format(name="up", url=http_archive.url, keyring=keyring)]
-    mirrors += [MIRROR.format(name=name, url=url, keyring=keyring) for name, url in extra_mirrors]
+    mirrors = [mirror_spec("up", http_archive.url, keyring)]
+    mirrors += [mirror_spec(name, url, keyring) for name, url in extra_mirrors]
     rest = "".join(SNAPSHOT.format(name=n, extra=extra) for n, extra in snapshots) + PUBLISH.format(snapshot=publish_to)
     return {"mirrors.yaml": "---\n".join(mirrors), "rest.yaml": rest}
 

@@ -495,11 +495,11 @@ def test_cleanup_pool_keeps_what_other_distributions_use(tmp_path, pool, package
     stable = packages
     testing = {"main": [p for p in packages["main"] if (p.name, p.type) != ("hello", "deb")]}
     tree.publish_tree(request(tmp_path, stable, distribution="stable"), pool, signer)
-    tree.publish_tree(request(tmp_path, testing, distribution="testing"), pool, signer)
+    kept = tree.publish_tree(request(tmp_path, testing, distribution="testing"), pool, signer).pool_paths
     # drop stable: the pool still serves testing
     assert tree.remove_tree(tmp_path, PREFIX, "stable")
     assert not dists(tmp_path, "stable").exists()
-    removed = tree.cleanup_pool(tmp_path, PREFIX, tree.referenced_paths(testing))
+    removed = tree.cleanup_pool(tmp_path, PREFIX, kept)
     assert removed == 3  # hello amd64 and arm64, extra-tool
     assert not (tmp_path / PREFIX / "pool/main/h/hello/hello_1.0-1_amd64.deb").exists()
     assert (tmp_path / PREFIX / "pool/main/h/hello/hello_1.0-1.dsc").exists()  # testing lists the source

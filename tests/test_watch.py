@@ -10,18 +10,8 @@ import time
 from pathlib import Path
 
 from tests.support.serveproc import Proc
+from tests.support.specs import mirror as mirror_spec
 
-MIRROR = """\
-apiVersion: reconciler/v1
-kind: Mirror
-metadata: {{name: up}}
-spec:
-  url: {url}
-  distribution: stable
-  components: [main]
-  architectures: [amd64]
-  keyrings: [{keyring}]
-"""
 SNAPSHOT = """\
 apiVersion: reconciler/v1
 kind: Snapshot
@@ -56,7 +46,7 @@ def test_watch_applies_valid_edits_and_applies_nothing_of_an_invalid_one(tmp_pat
         assert "no *.yaml or *.yml spec files" in watcher.output
 
         out = edit(watcher, specs / "mirror.yaml",
-                   MIRROR.format(url=http_archive.url, keyring=http_archive.key.public_armored))
+                   mirror_spec("up", http_archive.url, http_archive.key.public_armored))
         assert "+ create    mirror/up" in out and "mirror/up: created" in out and "applied" in out, out
         assert listed(root, "mirrors") == {"up": 10}
 

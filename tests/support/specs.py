@@ -1,0 +1,21 @@
+"""Spec documents the end-to-end tests write: the one Mirror they all start from."""
+
+from __future__ import annotations
+
+
+def mirror(name: str, url: str, keyring: str, *, meta: str = "", extra: str = "") -> str:
+    """A Mirror of `url`'s stable/main for amd64, trusted through `keyring`.
+
+    `meta` continues the metadata mapping (", protect: true"); `extra` adds spec lines
+    (each indented two spaces and ending in a newline)."""
+    return f"""\
+apiVersion: reconciler/v1
+kind: Mirror
+metadata: {{name: {name}{meta}}}
+spec:
+  url: {url}
+  distribution: stable
+  components: [main]
+  architectures: [amd64]
+  keyrings: [{keyring}]
+{extra}"""
