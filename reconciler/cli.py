@@ -175,6 +175,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Drop objects in use; ac
                                                            "upstream replays")]
 OwnerOpt = Annotated[str, typer.Option("--owner", help="Which spec set this is: only its own objects are pruned")]
 ReplaceOpt = Annotated[list[str], typer.Option("--replace", help="Drop and recreate this existing snapshot (repeatable)")]
+TakeOverOpt = Annotated[bool, typer.Option("--take-over", help="Make these specs the source of --owner, and take "
+                                                               "over declared objects other owners hold")]
 
 
 class Format(str, Enum):
@@ -192,10 +194,12 @@ def _load(files: list[Path]):
     return specs
 
 
-def _options(owner: str, force: bool, replace: list[str]):
+def _options(owner: str, force: bool, replace: list[str], files: list[Path], take_over: bool = False):
+    from reconciler.loader import source_identity
     from reconciler.plan import Options
 
-    return Options(owner=owner, force=force, replace=frozenset(replace))
+    return Options(owner=owner, force=force, replace=frozenset(replace), source=source_identity(files),
+                   take_over=take_over)
 
 
 def _package_lines(change) -> list[str]:
@@ -233,6 +237,7 @@ def plan(files: FilesOpt, as_json: JsonOpt = False,
          detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode",
                                                          help="Exit 2 when anything would change")] = False,
          owner: OwnerOpt = "default", force: ForceOpt = False, replace: ReplaceOpt = [],
+         take_over: TakeOverOpt = False,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the packages each publish "
                                                                           "change adds, changes, removes")] = False
          ) -> None:
@@ -244,7 +249,7 @@ def plan(files: FilesOpt, as_json: JsonOpt = False,
 
     try:
         specs = _load(files)
-        the_plan = make_plan(_context(), specs, _options(owner, force, replace))
+        the_plan = make_plan(_context(), specs, _options(owner, force, replace, files, take_over))
     except ReconcilerError as exc:
         _fail(exc)
     typer.echo(_render_plan(the_plan, Format.json if as_json else fmt, verbose=verbose))
@@ -257,7 +262,7 @@ def plan(files: FilesOpt, as_json: JsonOpt = False,
 @app.command()
 def apply(files: FilesOpt, force: ForceOpt = False,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; change nothing")] = False,
-          owner: OwnerOpt = "default", replace: ReplaceOpt = []) -> None:
+          owner: OwnerOpt = "default", replace: ReplaceOpt = [], take_over: TakeOverOpt = False) -> None:
     """Make the state match the specs, each change a locked task. Exit 1 when anything failed.
 
     Example: reconciler apply -f examples/repos
@@ -266,7 +271,7 @@ def apply(files: FilesOpt, force: ForceOpt = False,
 
     try:
         specs = _load(files)
-        options = _options(owner, force, replace)
+        options = _options(owner, force, replace, files, take_over)
         if dry_run:
             typer.echo(_render_plan(make_plan(_context(), specs, options), Format.text))
             return

@@ -116,6 +116,46 @@ def spec_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[SpecIssue]
     return files, issues
 
 
+def source_identity(paths: Iterable[str | Path]) -> str:
+    """A name for a spec set that stays the same wherever it is checked out.
+
+    Recorded per owner, so that another spec set applied under the same owner is refused
+    (it would prune everything this one declares). A path inside a git work tree is
+    named by the repository's `origin` URL and the path inside it, so a CI job that
+    clones into a new directory each run is the same source; any other path by its
+    absolute location.
+    """
+    return ", ".join(sorted({_identity(Path(p)) for p in paths}))
+
+
+def _identity(path: Path) -> str:
+    path = Path(os.path.abspath(path))
+    for top in (path, *path.parents):
+        if (top / ".git").exists():
+            origin = _origin_url(top)
+            inside = path.relative_to(top).as_posix()
+            return f"git:{origin}:{inside}" if origin else f"dir:{path}"
+    return f"dir:{path}"
+
+
+def _origin_url(top: Path) -> str | None:
+    """The `remote.origin.url` of the work tree at `top` (credentials removed), or None."""
+    from dulwich.config import ConfigFile
+
+    git = top / ".git"
+    if git.is_file():  # a worktree or submodule: `gitdir: PATH`
+        text = git.read_text(errors="replace").strip()
+        git = (top / text.removeprefix("gitdir:").strip()).resolve()
+        common = git / "commondir"
+        if common.exists():
+            git = (git / common.read_text().strip()).resolve()
+    try:
+        url = ConfigFile.from_path(str(git / "config")).get((b"remote", b"origin"), b"url")
+    except (OSError, KeyError, ValueError):
+        return None
+    return re.sub(r"//[^/@]*@", "//", url.decode("utf-8", "replace"))
+
+
 def _substitute(value: object, env: Mapping[str, str], problems: list[str]) -> object:
     if isinstance(value, str):
         def repl(match: re.Match) -> str:

@@ -29,8 +29,13 @@ from pathlib import Path
 
 from reconciler.errors import LockTimeout
 
-KINDS = ("pool", "series", "mirror", "snapshot", "publish", "prefix")
+KINDS = ("owner", "pool", "series", "mirror", "snapshot", "publish", "prefix")
 POOL = "pool"
+
+
+def owner(name: str) -> str:
+    """Which spec source applies under an owner: claimed under this key."""
+    return f"owner/{name}"
 
 
 def mirror(name: str) -> str:

@@ -45,12 +45,13 @@ class Observed:
     snapshots: dict[str, SnapshotRow] = field(default_factory=dict)
     publishes: dict[str, PublishRow] = field(default_factory=dict)
     probes: dict[str, Probe] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)  # owner -> spec source that last applied
 
 
 @dataclass
 class Change:
-    op: str  # create | update | edit | rename | replace | switch | drop | noop | unmanaged | error
-    kind: str  # Mirror | Snapshot | Publish
+    op: str  # create | update | edit | rename | replace | switch | drop | adopt | noop | unmanaged | error
+    kind: str  # Mirror | Snapshot | Publish (Owner for a refused spec source)
     name: str
     reason: str = ""
     detail: dict = field(default_factory=dict)
@@ -64,7 +65,7 @@ class Change:
 
     def text(self) -> str:
         sign = {"create": "+", "drop": "-", "error": "!", "noop": "=", "unmanaged": "?", "rename": ">",
-                "replace": "±"}.get(self.op, "~")
+                "replace": "±", "adopt": "^"}.get(self.op, "~")
         line = f"{sign} {self.op:<9} {self.kind.lower()}/{self.name}"
         return f"{line}: {self.reason}" if self.reason else line
 
@@ -98,6 +99,8 @@ class Options:
     force: bool = False
     replace: frozenset[str] = frozenset()
     now: datetime | None = None  # the planner's clock, for snapshot series; default: now
+    source: str | None = None  # identity of the spec set (loader.source_identity); None: not checked
+    take_over: bool = False  # this source becomes the owner's, and declared objects of other owners its own
 
 
 def _pick(spec: dict, fields: tuple[str, ...]) -> dict:
@@ -125,6 +128,9 @@ def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan
     renames, mirrors_up, snaps_up, pubs_up = [], [], [], []
     mirror_rows = dict(observed.mirrors)
     snapshot_rows = dict(observed.snapshots)
+    publish_rows = dict(observed.publishes)
+    claims = _claim(observed, options) + _adoptions(specs, mirror_rows, snapshot_rows, publish_rows, options)
+    observed = replace(observed, publishes=publish_rows)
     for kind, declared, rows, out in (("Mirror", specs.mirrors, mirror_rows, renames),
                                       ("Snapshot", specs.snapshots, snapshot_rows, renames)):
         out.extend(_renames(kind, declared, rows))
@@ -146,7 +152,42 @@ def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan
         pubs_up.append(_publish(name, doc, observed.publishes.get(name), planned, snaps_up))
     retention = _retention(specs, planned, observed, snaps_up, pubs_up)
     drops = _drops(specs, observed, mirror_rows, snapshot_rows, dropped_snapshots, options)
-    return Plan(renames + mirrors_up + snaps_up + pubs_up + retention + drops)
+    return Plan(claims + renames + mirrors_up + snaps_up + pubs_up + retention + drops)
+
+
+def _claim(observed: Observed, options: Options) -> list[Change]:
+    """A second spec source applied under the same owner would prune all that it does not declare."""
+    held = observed.owners.get(options.owner)
+    if options.source is None or held in (None, options.source) or options.take_over:
+        return []
+    return [Change("error", "Owner", options.owner,
+                   f"owner {options.owner!r} was last applied from {held}, this is {options.source}: applying "
+                   f"would drop every object of that owner these specs do not declare. Give this spec set its "
+                   f"own --owner NAME, or pass --take-over to make it the source of owner {options.owner!r}",
+                   {"source": held, "wanted": options.source})]
+
+
+def _adoptions(specs: Specs, mirrors: dict, snapshots: dict, publishes: dict, options: Options) -> list[Change]:
+    """Declared objects another owner holds: an error, or with --take-over a change of owner.
+
+    Taken over rows are replaced in the caller's dicts, so the rest of the plan sees them as
+    this owner's."""
+    out = []
+    for kind, declared, rows in (("Mirror", specs.mirrors, mirrors), ("Snapshot", specs.snapshots, snapshots),
+                                 ("Publish", specs.publishes, publishes)):
+        for name in sorted(declared):
+            row = rows.get(name)
+            if row is None or row.owner == options.owner:
+                continue
+            if options.take_over:
+                out.append(Change("adopt", kind, name, f"take over from owner {row.owner!r}", {"from": row.owner}))
+                rows[name] = replace(row, owner=options.owner)
+            else:
+                out.append(Change("error", kind, name,
+                                  f"{kind.lower()}/{name} belongs to owner {row.owner!r}, not {options.owner!r}; "
+                                  f"rename it here, apply with --owner {row.owner}, or pass --take-over to "
+                                  f"take it over", {"owner": row.owner}))
+    return out
 
 
 def series_member(name: str, every: str, now: datetime) -> str:

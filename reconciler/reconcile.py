@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from reconciler import plan as planner
 from reconciler import tasks, upstream
-from reconciler.actions import mirrors, publish, snapshots
+from reconciler.actions import mirrors, owners, publish, snapshots
 from reconciler.errors import ReconcilerError, Refused
 from reconciler.fetch import Fetcher
 from reconciler.loader import Specs
@@ -24,6 +24,7 @@ def observe(store: Store) -> planner.Observed:
         mirrors={r.name: r for r in store.mirrors.list()},
         snapshots={r.name: r for r in store.snapshots.list()},
         publishes={r.name: r for r in store.publishes.list()},
+        owners=store.owners.all(),
     )
 
 
@@ -144,6 +145,11 @@ def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=pr
     if the_plan.errors:
         raise Refused("the plan has errors; nothing was changed:\n" + "\n".join(c.text() for c in the_plan.errors))
     report = Report()
+    if options.source is not None:
+        line = owners.claim(ctx, options.owner, options.source, take_over=options.take_over)
+        if line:
+            report.lines.append(line)
+            echo(line)
     failed: set[str] = set()
     for change in the_plan.changes:
         blocker = _blocked(change, specs, failed)
@@ -183,6 +189,8 @@ def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: plan
         return None
     if op == "unmanaged":
         return None
+    if op == "adopt":
+        return owners.adopt(ctx, kind, name, options.owner)
     if op == "rename":
         module = mirrors if kind == "Mirror" else snapshots
         return module.rename(ctx, change.detail["from"], name)

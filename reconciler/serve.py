@@ -105,6 +105,13 @@ class DirSource:
         raise TemporaryError(f"{self.path}: the spec files kept changing while being read")
 
 
+def source_identity(described: dict) -> str:
+    """What the owner records as its spec source: the git URL, ref and path, or the directory."""
+    if described["type"] == "git":
+        return f"git:{described['url']}@{described['ref']}:{described['path']}"
+    return f"dir:{os.path.abspath(described['path'])}"
+
+
 # -- the controller -------------------------------------------------------------------
 
 
@@ -273,7 +280,7 @@ class Controller:
     def _apply(self, revision: str, specs: Specs) -> _Outcome:
         if self.stop_event.is_set():
             raise _Stopping()
-        options = PlanOptions(owner=self.owner)
+        options = PlanOptions(owner=self.owner, source=source_identity(self.source.describe()))
         the_plan = reconcile.make_plan(self.ctx, specs, options, with_probe=False)
         with self._lock:
             self._status.planned(revision, the_plan)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from reconciler import reconcile, tasks
 from reconciler.errors import ReconcilerError, SpecError
-from reconciler.loader import load_specs
+from reconciler.loader import load_specs, source_identity
 from reconciler.plan import Options
 
 DEBOUNCE_MS = 1000  # quiet time before a run
@@ -68,7 +68,7 @@ def _apply(ctx: tasks.Context, paths: list[Path], owner: str, echo: Callable[[st
         return False
     for warning in specs.warnings:
         echo(str(warning))
-    options = Options(owner=owner)
+    options = Options(owner=owner, source=source_identity(paths))
     try:
         the_plan = reconcile.make_plan(ctx, specs, options)
         for change in the_plan.changes:

@@ -82,6 +82,46 @@ def test_apply_prunes_only_its_own_objects(world):
     assert world.names("mirrors") == ["ours", "theirs"]
 
 
+def test_a_second_spec_source_under_one_owner_is_refused_and_drops_nothing(world):
+    ok(world.apply(world.mirror("a")))
+    before = world.rows("mirrors")
+    out = world.apply(world.mirror("b"), specs="other")  # another directory, the same (default) owner
+    assert out.returncode == 1
+    assert "owner 'default' was last applied from dir:" in out.stderr + out.stdout
+    assert "--take-over" in out.stderr + out.stdout
+    assert world.rows("mirrors") == before  # a not dropped, b not created
+    plan = cli(world.root, "plan", "-f", str(world.dir / "other"), "--detailed-exitcode")
+    assert plan.returncode == 1 and "! error     owner/default" in plan.stdout
+    ok(world.apply(world.mirror("b"), "--take-over", specs="other"))  # deliberately
+    assert world.names("mirrors") == ["b"]
+    ok(world.apply(world.mirror("b"), specs="other"))  # and from then on that source is the owner's
+
+
+def test_the_same_specs_copied_elsewhere_in_one_git_checkout_stay_one_source(world, tmp_path):
+    for clone in ("ci-run-1", "ci-run-2"):  # a CI job clones the repository into a new directory each run
+        repo = tmp_path / clone
+        (repo / ".git").mkdir(parents=True)
+        (repo / ".git" / "config").write_text('[remote "origin"]\n\turl = https://user:secret@git.example/apt.git\n')
+        (repo / "specs").mkdir()
+        (repo / "specs" / "all.yaml").write_text(world.mirror("a"))
+        ok(cli(world.root, "apply", "-f", str(repo / "specs")))
+    assert world.rows("owners")[0][:2] == ("default", "git:https://git.example/apt.git:specs")
+
+
+def test_a_name_held_by_another_owner_is_refused_unless_taken_over(world):
+    ok(world.apply(world.mirror("shared", extra="  filter: hello\n"), "--owner", "team-a", specs="a"))
+    before = world.rows("mirrors")
+    out = world.apply(world.mirror("shared", extra="  filter: basesys\n"), "--owner", "team-b", specs="b")
+    assert out.returncode == 1
+    assert "mirror/shared belongs to owner 'team-a'" in out.stderr + out.stdout
+    assert world.rows("mirrors") == before  # team-a's mirror was not rewritten
+    ok(world.apply(world.mirror("shared", extra="  filter: basesys\n"), "--owner", "team-b", "--take-over",
+                   specs="b"))
+    shown = json.loads(cli(world.root, "show", "mirror", "shared", "--json").stdout)
+    assert shown["owner"] == "team-b" and shown["filter"] == "basesys"
+    assert world.plan("b", "--owner", "team-b")[("Mirror", "shared")]["op"] == "noop"
+
+
 def test_rename_downloads_nothing_and_snapshots_follow(world):
     ok(world.apply(world.mirror("old") + SNAPSHOT.format(name="s", meta="", mirror="old")))
     world.up.server.clear()

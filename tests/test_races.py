@@ -61,8 +61,11 @@ class Race:
         self.dir = tmp_path
         self.up = http_archive
 
-    def specs(self, name: str, text: str) -> Path:
-        d = self.dir / name
+    def specs(self, version: str, text: str) -> Path:
+        """Write version `version` of the specs: always into one directory, as an operator
+        edits one spec set (another directory would be another spec source, refused under
+        the same owner); a process started earlier has read its version already."""
+        d = self.dir / "specs"
         d.mkdir(exist_ok=True)
         (d / "all.yaml").write_text(text)
         return d

@@ -105,6 +105,9 @@ def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: b
 def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher: Fetcher) -> SyncResult:
     name, spec = doc.metadata.name, doc.spec
     row = task.store.mirrors.get(name)  # fresh, inside the lock
+    if row is not None and row.owner != owner:
+        raise Refused(f"mirror/{name} belongs to owner {row.owner!r}, not {owner!r}; apply with --owner "
+                      f"{row.owner}, or pass --take-over to take it over")
     wanted = spec.model_dump(mode="json")
     warnings = []
     if not spec.verifySignature:

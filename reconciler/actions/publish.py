@@ -89,6 +89,9 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         wanted = spec.model_dump(mode="json")
         digest = inputs_digest(wanted, {c: r.list_digest for c, r in rows.items()})
         current = store.publishes.get(name)
+        if current is not None and current.owner != owner:
+            raise Refused(f"publish/{name} belongs to owner {current.owner!r}, not {owner!r}; apply with --owner "
+                          f"{current.owner}, or pass --take-over to take it over")
         if current is not None and (current.prefix, current.distribution) != where:
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
         target = tree.dist_dir(ctx.publish_root, spec.prefix, spec.distribution)

@@ -127,6 +127,14 @@ MIGRATIONS: list[str] = [
         acquired_at TEXT NOT NULL
     );
     """,
+    # 2: which spec source last applied under each owner (apply refuses another source)
+    """
+    CREATE TABLE owners (
+        owner TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        applied_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -395,6 +395,32 @@ class Publishes:
         self.db.execute("DELETE FROM publishes WHERE name = ?", (name,))
 
 
+class Owners:
+    """Which spec source last applied under each owner: `apply` from another source under
+    the same owner would prune everything that source does not declare."""
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+
+    def all(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT owner, source FROM owners").fetchall())
+
+    def get(self, owner: str) -> str | None:
+        row = self.db.execute("SELECT source FROM owners WHERE owner = ?", (owner,)).fetchone()
+        return row[0] if row else None
+
+    def claim(self, owner: str, source: str) -> None:
+        self.db.execute("INSERT INTO owners (owner, source, applied_at) VALUES (?, ?, ?)"
+                        " ON CONFLICT (owner) DO UPDATE SET source = excluded.source, applied_at = excluded.applied_at",
+                        (owner, source, now()))
+
+    def adopt(self, table: str, name: str, owner: str) -> None:
+        """Give object `name` of `table` (mirrors, snapshots, publishes) to `owner`."""
+        if table not in ("mirrors", "snapshots", "publishes"):
+            raise ValueError(f"not an object table: {table}")
+        self.db.execute(f"UPDATE {table} SET owner = ? WHERE name = ?", (owner, name))
+
+
 class Store:
     """All stores over one connection: what a task's function receives."""
 
@@ -405,6 +431,7 @@ class Store:
         self.publishes = Publishes(db)
         self.packages = Packages(db)
         self.lists = PackageLists(db)
+        self.owners = Owners(db)
 
     def record_pool_file(self, sha256: str, size: int) -> None:
         self.db.execute("INSERT OR IGNORE INTO pool_files (sha256, size, imported_at) VALUES (?, ?, ?)",
