@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from reconciler import locks, tasks, upstream
 from reconciler.actions import guards
-from reconciler.debian.package import Package
 from reconciler.debian.query import version_key
 from reconciler.errors import NotFound, Refused
 from reconciler.plan import SNAPSHOT_CONTENT, package_diff
@@ -63,19 +62,39 @@ def _mirror_ids(store: Store, mirror: str) -> list[int]:
 
 
 def _merge_ids(store: Store, sources: list[str], latest: bool) -> list[int]:
-    """Later sources win per (type, name, arch); with `latest` the highest version wins."""
-    chosen: dict[tuple, tuple[int, Package]] = {}
+    """The packages of a merge, as aptly's `snapshot merge` makes it.
+
+    Every package of a source is kept (a source holding two versions of hello keeps both);
+    a later source replaces what earlier ones hold in a (type, name, arch) slot that it
+    fills too; with `latest`, nothing is replaced and each slot keeps only its highest
+    version (of equal versions, the later source's file). aptly's slot has no type: we
+    keep a udeb from ever replacing the deb of the same name.
+    """
+    chosen: dict[tuple, list[tuple[int, str]]] = {}
     for src in sources:
         row = store.snapshots.get(src)
         if row is None:
             raise NotFound(f"snapshot {src!r} does not exist")
-        for pid, pkg in store.packages.load(store.lists.ids(row.list_digest)):
-            slot = (pkg.type, pkg.name, pkg.arch)
-            have = chosen.get(slot)
-            if latest and have and version_key(have[1].version) > version_key(pkg.version):
-                continue
-            chosen[slot] = (pid, pkg)
-    return [pid for pid, _ in chosen.values()]
+        mine: dict[tuple, list[tuple[int, str]]] = {}
+        for pid, type_, name, arch, version in store.packages.versions(store.lists.ids(row.list_digest)):
+            mine.setdefault((type_, name, arch), []).append((pid, version))
+        for slot, packages in mine.items():
+            if latest:
+                chosen.setdefault(slot, []).extend(packages)
+            else:
+                chosen[slot] = packages
+    if latest:
+        return [_highest(packages) for packages in chosen.values()]
+    return [pid for packages in chosen.values() for pid, _version in packages]
+
+
+def _highest(packages: list[tuple[int, str]]) -> int:
+    best_id, best = packages[0][0], version_key(packages[0][1])
+    for pid, version in packages[1:]:
+        key = version_key(version)
+        if key >= best:
+            best_id, best = pid, key
+    return best_id
 
 
 def _filter(store: Store, ids: list[int], text: str, with_deps: bool) -> list[int]:

@@ -179,6 +179,12 @@ class Packages:
             "SELECT type, name, arch, key FROM packages WHERE id IN (SELECT value FROM json_each(?))",
             (_json_ids(ids),))
 
+    def versions(self, ids: Sequence[int]) -> Iterator[tuple[int, str, str, str, str]]:
+        """(id, type, name, arch, version) of each package, without decoding any stanza."""
+        yield from self.db.conn.execute(
+            "SELECT id, type, name, arch, version FROM packages WHERE id IN (SELECT value FROM json_each(?))",
+            (_json_ids(ids),))
+
     @staticmethod
     def _package(row: tuple) -> Package:
         _id, type_, name, version, arch, fields, files = row
