@@ -14,7 +14,8 @@ for tool in gpg gpgv; do
   command -v "$tool" >/dev/null || { echo "please install $tool (apt-get install gpg gpgv)"; exit 1; }
 done
 
-export RECONCILER_ROOT="${RECONCILER_ROOT:-$top/examples/.state}"
+# The default root, ./.reconciler: the README's commands, run from this directory, see it.
+export RECONCILER_ROOT="${RECONCILER_ROOT:-$top/.reconciler}"
 .venv/bin/reconciler validate -f examples/repos
 .venv/bin/reconciler plan -f examples/repos
 .venv/bin/reconciler apply -f examples/repos
