@@ -191,8 +191,10 @@ def _adoptions(specs: Specs, mirrors: dict, snapshots: dict, publishes: dict, op
 
 
 def series_member(name: str, every: str, now: datetime) -> str:
-    """NAME-YYYYMMDD for daily or slower series, NAME-YYYYMMDDHHMM for faster ones."""
-    fmt = "%Y%m%d" if parse_duration(every).total_seconds() >= 86400 else "%Y%m%d%H%M"
+    """NAME-YYYYMMDD for daily or slower series, NAME-YYYYMMDDHHMM for hourly or faster,
+    NAME-YYYYMMDDHHMMSS below a minute: unique at any allowed rate, and ordered by time."""
+    seconds = parse_duration(every).total_seconds()
+    fmt = "%Y%m%d" if seconds >= 86400 else "%Y%m%d%H%M" if seconds >= 60 else "%Y%m%d%H%M%S"
     return f"{name}-{now:{fmt}}"
 
 
@@ -305,6 +307,10 @@ def _snapshot(name: str, doc, row: SnapshotRow | None, specs: Specs, mirrors: di
             return [Change("error", "Snapshot", name, f"mirror {doc.spec.mirror!r} is neither declared nor existing")]
         return [Change("create", "Snapshot", name, f"from {source}", {"source": source})]
     if _pick(row.spec, SNAPSHOT_CONTENT) == wanted:
+        if row.protect != doc.metadata.protect:
+            return [Change("update", "Snapshot", name, f"metadata.protect: {str(row.protect).lower()} -> "
+                                                       f"{str(doc.metadata.protect).lower()}",
+                           {"fields": ["metadata.protect"], "protect": doc.metadata.protect})]
         return [Change("noop", "Snapshot", name, f"exists ({row.num_packages} packages)")]
     fields = _diff_fields(_pick(row.spec, SNAPSHOT_CONTENT), wanted)
     if name in options.replace:
@@ -338,6 +344,8 @@ def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_chang
     sources_noop = {"sources": sources}
     switched = {c: s for c, s in sources.items() if row.sources.get(c) != s or s in remade}
     fields = _diff_fields(publish_fields(row.spec), publish_fields(doc.spec.model_dump(mode="json")))
+    if row.protect != doc.metadata.protect:
+        fields.append("metadata.protect")
     if switched or fields or set(row.sources) != set(sources):
         reason = f"{where}: " + (", ".join(f"{c}: {row.sources.get(c, '-')} -> {s}" for c, s in switched.items())
                                  or "edit " + ", ".join(fields))
@@ -378,7 +386,7 @@ def _drop(kind: str, name: str, row, options: Options, users: list[str]) -> Chan
         return Change("unmanaged", kind, name, f"not managed by owner {options.owner!r} (owner {row.owner!r})")
     if row.protect:
         return Change("error", kind, name, "no longer declared but protected (metadata.protect: true); "
-                                           "declare it again, or remove the flag first")
+                                           "declare it again, apply it with protect: false, then remove it")
     if users and not options.force:
         return Change("error", kind, name, f"no longer declared but in use by {', '.join(users)}; "
                                            "drop those first or pass --force")

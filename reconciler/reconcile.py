@@ -207,6 +207,8 @@ def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: plan
     if kind == "Snapshot" and "series" in change.detail:
         doc = specs.snapshots[change.detail["series"]]
         return snapshots.create(ctx, doc, owner=options.owner, name=name, series=change.detail["series"])
+    if kind == "Snapshot" and op == "update":
+        return snapshots.set_protect(ctx, name, change.detail["protect"])
     if kind == "Snapshot":
         if op == "replace":
             snapshots.drop(ctx, name)

@@ -11,6 +11,6 @@ def check_drop(what: str, *, protect: bool, users: list[str], force: bool) -> No
     Call it inside the task's lock and transaction, with `users` loaded there.
     """
     if protect:
-        raise Refused(f"{what} is protected (metadata.protect: true); remove the flag to drop it")
+        raise Refused(f"{what} is protected (metadata.protect: true); declare it with protect: false and apply, then drop it")
     if users and not force:
         raise InUse(what, users)

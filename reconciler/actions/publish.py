@@ -96,7 +96,7 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
         target = tree.dist_dir(ctx.publish_root, spec.prefix, spec.distribution)
         if current and current.inputs_digest == digest and (target / "Release").exists():
-            return f"publish/{name}: up to date"
+            return _record_unchanged(task, doc, current, sources)
         result = _write(task, doc, sources, current)
         with task.transaction() as tx:
             tx.publishes.save(name, owner=owner, prefix=spec.prefix, distribution=spec.distribution, spec=wanted,
@@ -108,6 +108,27 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         return message
 
     return tasks.run(ctx, f"publish {name}", _keys(doc, sources, where), body)
+
+
+def _record_unchanged(task: tasks.Task, doc: PublishDoc, current, sources: dict[str, str]) -> str:
+    """The tree already holds exactly these inputs; still record what the spec now says.
+
+    A series member with the same content as the one published, or a flag such as
+    `protect`, changes no byte of the tree, but the row must name the new snapshot (or
+    the retention of the old member is refused as in use, and the next plan is not
+    empty) and carry the new flag."""
+    name, wanted = doc.metadata.name, doc.spec.model_dump(mode="json")
+    if (current.sources, current.protect, current.spec) == (sources, doc.metadata.protect, wanted):
+        return f"publish/{name}: up to date"
+    with task.transaction() as tx:
+        tx.publishes.save(name, owner=current.owner, prefix=current.prefix, distribution=current.distribution,
+                          spec=wanted, protect=doc.metadata.protect, sources=sources,
+                          inputs_digest=current.inputs_digest, release_sha256=current.release_sha256)
+    moved = {c: s for c, s in sources.items() if current.sources.get(c) != s}
+    what = ", ".join(f"{c}: {current.sources.get(c, '-')} -> {s}" for c, s in moved.items()) or "spec recorded"
+    message = f"publish/{name}: {what} (same content, tree unchanged)"
+    task.log(message)
+    return message
 
 
 def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) -> tree.TreeResult:

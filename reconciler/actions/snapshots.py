@@ -122,6 +122,21 @@ def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool
     return tasks.run(ctx, f"drop snapshot {name}", [locks.snapshot(name)], body)
 
 
+def set_protect(ctx: tasks.Context, name: str, protect: bool) -> str:
+    """Set or clear `metadata.protect`: the one thing about a snapshot that may change."""
+
+    def body(task: tasks.Task) -> str:
+        with task.transaction() as store:
+            if store.snapshots.get(name) is None:
+                raise NotFound(f"snapshot {name!r} does not exist")
+            store.snapshots.update(name, protect=int(protect))
+        message = f"snapshot/{name}: protect {'set' if protect else 'cleared'}"
+        task.log(message)
+        return message
+
+    return tasks.run(ctx, f"protect snapshot {name}", [locks.snapshot(name)], body, pool=False)
+
+
 def rename(ctx: tasks.Context, old: str, new: str) -> str:
     def body(task: tasks.Task) -> str:
         with task.transaction() as store:

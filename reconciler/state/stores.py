@@ -279,8 +279,10 @@ class Mirrors:
         self.db.execute(f"UPDATE mirrors SET {sets} WHERE name = ?", [*values.values(), name])
 
     def rename(self, old: str, new: str) -> None:
+        """Rename in place; snapshots taken from it follow, in their source and their stored spec."""
         self.db.execute("UPDATE mirrors SET name = ?, updated_at = ? WHERE name = ?", (new, now(), old))
-        self.db.execute("UPDATE snapshots SET source_mirror = ? WHERE source_mirror = ?", (new, old))
+        self.db.execute("UPDATE snapshots SET source_mirror = ?, spec = json_set(spec, '$.mirror', ?)"
+                        " WHERE source_mirror = ?", (new, new, old))
 
     def delete(self, name: str) -> None:
         self.db.execute("DELETE FROM mirrors WHERE name = ?", (name,))
@@ -331,14 +333,26 @@ class Snapshots:
         self.db.execute(f"UPDATE snapshots SET {sets} WHERE name = ?", [*values.values(), name])
 
     def rename(self, old: str, new: str) -> None:
-        """Rename in place; publishes that point at the old name follow."""
+        """Rename in place; every reference follows: snapshots merged from it (their sources
+        and stored specs) and publishes pointing at it (their sources and stored specs)."""
         self.db.execute("UPDATE snapshots SET name = ? WHERE name = ?", (new, old))
+        follow = lambda names: [new if n == old else n for n in names]  # noqa: E731
+        for name, spec, sources in self.db.execute(
+                "SELECT name, spec, source_snapshots FROM snapshots WHERE EXISTS"
+                " (SELECT 1 FROM json_each(source_snapshots) WHERE value = ?)", (old,)).fetchall():
+            spec = json.loads(spec)
+            spec["snapshots"] = follow(spec.get("snapshots") or [])
+            self.db.execute("UPDATE snapshots SET spec = ?, source_snapshots = ? WHERE name = ?",
+                            (json.dumps(spec), json.dumps(follow(json.loads(sources))), name))
         self.db.execute("UPDATE publish_sources SET snapshot = ? WHERE snapshot = ?", (new, old))
-        rows = self.db.execute("SELECT DISTINCT p.id, p.sources FROM publishes p JOIN publish_sources s"
+        rows = self.db.execute("SELECT DISTINCT p.id, p.sources, p.spec FROM publishes p JOIN publish_sources s"
                                " ON s.publish_id = p.id WHERE s.snapshot = ?", (new,)).fetchall()
-        for pid, sources in rows:
+        for pid, sources, spec in rows:
             renamed = {comp: new if snap == old else snap for comp, snap in json.loads(sources).items()}
-            self.db.execute("UPDATE publishes SET sources = ? WHERE id = ?", (json.dumps(renamed), pid))
+            spec = json.loads(spec)
+            spec["components"] = {c: new if ref == old else ref for c, ref in spec.get("components", {}).items()}
+            self.db.execute("UPDATE publishes SET sources = ?, spec = ? WHERE id = ?",
+                            (json.dumps(renamed), json.dumps(spec), pid))
 
     def delete(self, name: str) -> None:
         self.db.execute("DELETE FROM snapshots WHERE name = ?", (name,))

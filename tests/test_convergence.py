@@ -1,0 +1,106 @@
+"""After apply, plan is empty: regressions where the next plan was not, through the real CLI.
+
+Each test applies, changes something an operator changes (a rename, a flag, time
+passing for a series), applies again, and then asks `plan --detailed-exitcode` for the
+verdict a CI job would get: 0, nothing to do and nothing refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import reconciler
+from tests.support.specs import mirror as mirror_spec
+
+
+def doc(kind: str, name: str, spec: str, meta: str = "") -> str:
+    return f"---\napiVersion: reconciler/v1\nkind: {kind}\nmetadata: {{name: {name}{meta}}}\nspec: {spec}\n"
+
+
+def publish(name: str, components: str, meta: str = "") -> str:
+    return doc("Publish", name, f"{{distribution: {name}, components: {components}, signing: {{skip: true}}}}", meta)
+
+
+class Specs:
+    def __init__(self, tmp_path: Path, http_archive):
+        self.root, self.dir, self.up = tmp_path / "root", tmp_path / "specs", http_archive
+        self.dir.mkdir()
+
+    def mirror(self, name: str = "m", meta: str = "") -> str:
+        return mirror_spec(name, self.up.url, self.up.key.public_armored, meta=meta)
+
+    def apply(self, text: str, *args: str, expect: int = 0) -> str:
+        (self.dir / "all.yaml").write_text(text)
+        out = reconciler(self.root, "apply", "-f", str(self.dir), *args)
+        assert out.returncode == expect, out.stdout + out.stderr
+        return out.stdout + out.stderr
+
+    def converged(self) -> None:
+        out = reconciler(self.root, "plan", "-f", str(self.dir), "--detailed-exitcode")
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    def names(self, kind: str) -> list[str]:
+        return [i["name"] for i in json.loads(reconciler(self.root, "list", kind, "--json", check=True).stdout)]
+
+    def show(self, kind: str, name: str) -> dict:
+        return json.loads(reconciler(self.root, "show", kind, name, "--json", check=True).stdout)
+
+
+@pytest.fixture
+def specs(tmp_path, http_archive) -> Specs:
+    return Specs(tmp_path, http_archive)
+
+
+def test_renaming_a_mirror_leaves_its_snapshots_converged(specs):
+    specs.apply(specs.mirror("old") + doc("Snapshot", "s", "{mirror: old}"))
+    specs.apply(specs.mirror("new", meta=", renamedFrom: old") + doc("Snapshot", "s", "{mirror: new}"))
+    specs.converged()
+    assert specs.show("snapshot", "s")["mirror"] == "new"
+
+
+def test_renaming_a_snapshot_updates_merges_and_publishes(specs):
+    base = specs.mirror() + doc("Snapshot", "s", "{mirror: m}")
+    specs.apply(base + doc("Snapshot", "merged", "{snapshots: [s]}") + publish("p", "{main: s}"))
+    renamed = specs.mirror() + doc("Snapshot", "s2", "{mirror: m}", ", renamedFrom: s")
+    specs.apply(renamed + doc("Snapshot", "merged", "{snapshots: [s2]}") + publish("p", "{main: s2}"))
+    specs.converged()
+    assert specs.show("snapshot", "merged")["snapshots"] == ["s2"]
+    assert specs.show("publish", "p")["components"] == {"main": "s2"}
+
+
+@pytest.mark.parametrize("kind", ["Snapshot", "Publish"])
+def test_protect_can_be_cleared_and_the_object_then_dropped(specs, kind):
+    def text(meta: str, with_object: bool = True) -> str:
+        out = specs.mirror() + doc("Snapshot", "s", "{mirror: m}", meta if kind == "Snapshot" else "")
+        if kind == "Publish" and with_object:
+            out += publish("p", "{main: s}", meta)
+        return out
+
+    specs.apply(text(", protect: true"))
+    specs.converged()
+    specs.apply(text(", protect: false"))  # the planner saw no change here before
+    specs.converged()
+    assert specs.show(kind.lower(), "s" if kind == "Snapshot" else "p")["protect"] is False
+    if kind == "Snapshot":
+        specs.apply(specs.mirror())
+        assert specs.names("snapshots") == []
+    else:
+        specs.apply(text("", with_object=False))
+        assert specs.names("publishes") == []
+    specs.converged()
+
+
+def test_a_series_rotates_under_its_latest_publish_without_refusals(specs):
+    text = specs.mirror() + doc("Snapshot", "daily", "{mirror: m, series: {every: 1s, keep: 2}}") + \
+        publish("p", "{main: daily@latest}")
+    for _ in range(4):  # each member has the same content as the one before: the tree stays, the row moves
+        specs.apply(text)
+        members = specs.names("snapshots")
+        assert len(members) <= 2
+        assert specs.show("publish", "p")["components"] == {"main": members[-1]}
+        time.sleep(1.1)
+    assert len(set(members)) == 2
