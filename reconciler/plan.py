@@ -12,6 +12,7 @@ by package) is gathered by the caller into `Observed` and `Change.detail`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -118,6 +119,16 @@ def publish_fields(spec: dict) -> dict:
     defaults, so an upgrade does not re-publish every tree."""
     return {k: v for k, v in spec.items()
             if k != "components" and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
+
+
+def inputs_digest(spec: dict, digests: dict[str, str]) -> str:
+    """What a published tree depends on: the spec (minus snapshot names: a rename changes no
+    byte) and the content digest of each component's list. Stored with the publish; a
+    plan that finds another digest for the same names re-publishes (a replaced snapshot)."""
+    body = {k: v for k, v in publish_fields(spec).items() if k != "signing"}
+    body["signing"] = {k: v for k, v in spec["signing"].items() if k != "passphraseFile"}
+    body["lists"] = digests
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _diff_fields(before: dict, after: dict) -> list[str]:
@@ -351,6 +362,11 @@ def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_chang
                                  or "edit " + ", ".join(fields))
         return Change("switch" if switched else "update", "Publish", name, reason,
                       {"sources": sources, "before": row.sources, "fields": fields})
+    lists = {c: getattr(snapshots.get(s), "list_digest", None) for c, s in sources.items()}
+    if None not in lists.values() and inputs_digest(doc.spec.model_dump(mode="json"), lists) != row.inputs_digest:
+        return Change("switch", "Publish", name, f"{where}: its snapshots hold other packages than the tree "
+                                                 "(a replace, or a switch that did not finish)",
+                      {"sources": sources, "before": row.sources, "fields": []})
     return Change("noop", "Publish", name, f"{where}: up to date", sources_noop)
 
 

@@ -210,7 +210,5 @@ def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: plan
     if kind == "Snapshot" and op == "update":
         return snapshots.set_protect(ctx, name, change.detail["protect"])
     if kind == "Snapshot":
-        if op == "replace":
-            snapshots.drop(ctx, name)
-        return snapshots.create(ctx, specs.snapshots[name], owner=options.owner)
+        return snapshots.create(ctx, specs.snapshots[name], owner=options.owner, replace=op == "replace")
     return publish.publish(ctx, specs.publishes[name], owner=options.owner)

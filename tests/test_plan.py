@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from datetime import datetime, timezone
 
 import pytest
@@ -41,7 +43,8 @@ def snap_row(name, *, mirror="m", owner="default", series=None, created="2026-11
 def pub_row(name, sources, *, owner="default", spec=None) -> PublishRow:
     spec = spec or doc("Publish", name, {"distribution": "stable", "components": sources,
                                          "signing": {"skip": True}}).spec.model_dump(mode="json")
-    return PublishRow(1, name, owner, ".", "stable", spec, False, sources, "i", None, "t", 5)
+    digest = planner.inputs_digest(spec, {c: "d" for c in sources})  # what snap_row's lists give
+    return PublishRow(1, name, owner, ".", "stable", spec, False, sources, digest, None, "t", 5)
 
 
 def ops(p: planner.Plan) -> list[tuple[str, str, str]]:
@@ -169,11 +172,11 @@ def test_plan_json_shape():
 
 
 def test_a_publish_stored_before_compression_existed_is_up_to_date_at_the_defaults():
-    from reconciler.actions.publish import inputs_digest
-
+    inputs_digest = planner.inputs_digest
     declared = {"distribution": "stable", "components": {"main": "s"}, "signing": {"skip": True}}
     stored = pub_row("p", {"main": "s"})
     stored.spec.pop("compression")  # as a version before the field wrote it
+    assert stored.inputs_digest == inputs_digest(stored.spec, {"main": "d"})
     observed = planner.Observed(snapshots={"s": snap_row("s")}, publishes={"p": stored})
     declared_all = [doc("Mirror", "m", MIRROR_SPEC), doc("Snapshot", "s", {"mirror": "m"})]
     observed.mirrors = {"m": mirror_row("m")}
@@ -187,3 +190,14 @@ def test_a_publish_stored_before_compression_existed_is_up_to_date_at_the_defaul
     assert change.op == "update" and "compression" in change.reason
     assert inputs_digest(doc("Publish", "p", changed).spec.model_dump(mode="json"), {"main": "d"}) != \
         inputs_digest(stored.spec, {"main": "d"})
+
+
+def test_a_publish_whose_snapshot_content_changed_under_the_same_name_is_switched():
+    declared = [doc("Mirror", "m", MIRROR_SPEC), doc("Snapshot", "s", {"mirror": "m"}),
+                doc("Publish", "p", {"distribution": "stable", "components": {"main": "s"}, "signing": {"skip": True}})]
+    stored = pub_row("p", {"main": "s"})
+    replaced = replace(snap_row("s"), list_digest="other")  # a --replace that the publish did not follow yet
+    observed = planner.Observed(mirrors={"m": mirror_row("m")}, snapshots={"s": replaced}, publishes={"p": stored},
+                                probes={"m": planner.Probe(changed=False)})
+    [change] = [c for c in planner.plan(specs(*declared), observed).changes if c.kind == "Publish"]
+    assert change.op == "switch" and "other packages" in change.reason

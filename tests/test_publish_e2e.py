@@ -230,7 +230,7 @@ def test_users_are_dropped_before_what_they_use(setup):
     assert list((setup.root / "public/debian").rglob("*.deb")) == []
 
 
-def test_changed_snapshot_spec_is_a_plan_error_unless_replaced(setup):
+def test_changed_snapshot_spec_is_a_plan_error_unless_replaced_in_place(setup):
     setup.write([("s1", "mirror: up")], "s1")
     setup.apply()
     before = setup.state()
@@ -239,9 +239,14 @@ def test_changed_snapshot_spec_is_a_plan_error_unless_replaced(setup):
     assert out.returncode == 1
     assert "snapshots are immutable" in out.stderr and "--replace s1" in out.stderr
     assert setup.state() == before
-    replaced = setup.apply("--replace", "s1", check=False)
-    assert replaced.returncode == 1, "s1 is used by a publish: the replace must be refused"
-    assert "in use by publish/pub" in replaced.stdout + replaced.stderr
+    # Replaced in place: the publish keeps its snapshot name and switches to the new content
+    # in the same apply (a drop and create was refused as in use, or lost the snapshot).
+    replaced = setup.apply("--replace", "s1")
+    assert "snapshot/s1: replaced" in replaced.stdout and "publish/pub: switched" in replaced.stdout
+    names = [p.name for p in (setup.root / "public/debian/pool").rglob("*.deb")]
+    assert names and all(n.startswith("hello_") for n in names)
+    assert cli(setup.root, "plan", "-f", str(setup.specs), "--detailed-exitcode", check=False).returncode == 0
+    assert cli(setup.root, "verify").returncode == 0
 
 
 def test_moving_a_publish_to_another_prefix_cleans_the_old_prefix(setup):

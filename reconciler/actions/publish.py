@@ -9,8 +9,6 @@ does nothing when the tree already reflects exactly those inputs.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import posixpath
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,18 +17,9 @@ from reconciler import gpg, locks, tasks, tree
 from reconciler.actions import guards
 from reconciler.debian.package import Package
 from reconciler.errors import NotFound, PermanentError, Refused
-from reconciler.plan import publish_fields, resolve_sources
+from reconciler.plan import inputs_digest, resolve_sources
 from reconciler.spec import PublishDoc, parse_duration
 from reconciler.state.stores import Store
-
-
-def inputs_digest(spec: dict, digests: dict[str, str]) -> str:
-    """What the tree depends on: the spec (minus snapshot names: a rename changes no byte) and
-    the content digest of each component's list."""
-    body = {k: v for k, v in publish_fields(spec).items() if k != "signing"}
-    body["signing"] = {k: v for k, v in spec["signing"].items() if k != "passphraseFile"}
-    body["lists"] = digests
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _keys(doc: PublishDoc, sources: dict[str, str], where: tuple[str, str] | None) -> list[str]:

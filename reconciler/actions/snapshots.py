@@ -8,6 +8,8 @@ source snapshots so none of them can be dropped half-way.
 
 from __future__ import annotations
 
+import json
+
 from reconciler import locks, tasks, upstream
 from reconciler.actions import guards
 from reconciler.debian.query import version_key
@@ -22,8 +24,13 @@ def _content(spec: dict) -> dict:
 
 
 def create(ctx: tasks.Context, doc: SnapshotDoc, *, owner: str = "default", name: str | None = None,
-           series: str | None = None) -> str:
-    """Create snapshot `name` (default the doc's name); an identical existing one is a no-op."""
+           series: str | None = None, replace: bool = False) -> str:
+    """Create snapshot `name` (default the doc's name); an identical existing one is a no-op.
+
+    With `replace`, an existing snapshot of other content gets the new content in place,
+    in one transaction: publishes keep pointing at the name (never at nothing, as a drop
+    and a create did when the create failed), and the plan switches them to the new
+    content in the same apply."""
     name = name or doc.metadata.name
     spec = doc.spec
     keys = [locks.snapshot(name)]
@@ -36,16 +43,24 @@ def create(ctx: tasks.Context, doc: SnapshotDoc, *, owner: str = "default", name
         if existing is not None:
             if _content(existing.spec) == _content(wanted):
                 return f"snapshot/{name}: exists ({existing.num_packages} packages)"
-            raise Refused(f"snapshot/{name} exists with different content; snapshots are immutable: "
-                          f"give the new content a new name (or --replace {name})")
+            if not replace:
+                raise Refused(f"snapshot/{name} exists with different content; snapshots are immutable: "
+                              f"give the new content a new name (or --replace {name})")
         ids = _mirror_ids(store, spec.mirror) if spec.mirror else _merge_ids(store, spec.snapshots, spec.latest)
         if spec.filter:
             ids = _filter(store, ids, spec.filter, spec.filterWithDeps)
         with task.transaction() as tx:
             digest = tx.lists.put(ids)
-            tx.snapshots.create(name, owner=owner, spec=wanted, protect=doc.metadata.protect, list_digest=digest,
-                                source_mirror=spec.mirror, source_snapshots=spec.snapshots or [], series=series)
-        message = f"snapshot/{name}: created, {len(set(ids))} packages, digest {digest[:12]}"
+            if existing is None:
+                tx.snapshots.create(name, owner=owner, spec=wanted, protect=doc.metadata.protect,
+                                    list_digest=digest, source_mirror=spec.mirror,
+                                    source_snapshots=spec.snapshots or [], series=series)
+            else:
+                tx.snapshots.update(name, spec=wanted, list_digest=digest, source_mirror=spec.mirror,
+                                    source_snapshots=json.dumps(spec.snapshots or []))
+                tx.lists.prune()
+        verb = "created" if existing is None else "replaced"
+        message = f"snapshot/{name}: {verb}, {len(set(ids))} packages, digest {digest[:12]}"
         task.log(message)
         return message
 
