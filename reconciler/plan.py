@@ -38,6 +38,7 @@ class Probe:
     packages: int = 0
     download_bytes: int = 0
     error: str | None = None
+    release_date: str | None = None  # ISO date of the upstream Release read (when it changed)
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Observed:
     publishes: dict[str, PublishRow] = field(default_factory=dict)
     probes: dict[str, Probe] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)  # owner -> spec source that last applied
+    # (kind, name) -> why a declared object cannot be applied (a signing key file that is missing)
+    problems: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -147,7 +150,7 @@ def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan
         out.extend(_renames(kind, declared, rows))
     observed = _follow_renames(observed, renames, snapshot_rows)
     for name, doc in specs.mirrors.items():
-        mirrors_up.append(_mirror(name, doc, mirror_rows.get(name), observed.probes.get(name)))
+        mirrors_up.append(_mirror(name, doc, mirror_rows.get(name), observed.probes.get(name), options.force))
     series_names = {n for n, d in specs.snapshots.items() if d.spec.series}
     dropped_snapshots = {n for n in _own_undeclared(snapshot_rows, specs.snapshots, options.owner)
                          if snapshot_rows[n].series not in series_names}
@@ -163,7 +166,8 @@ def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan
         pubs_up.append(_publish(name, doc, observed.publishes.get(name), planned, snaps_up))
     retention = _retention(specs, planned, observed, snaps_up, pubs_up)
     drops = _drops(specs, observed, mirror_rows, snapshot_rows, dropped_snapshots, options)
-    return Plan(claims + renames + mirrors_up + snaps_up + pubs_up + retention + drops)
+    problems = [Change("error", kind, name, why) for (kind, name), why in sorted(observed.problems.items())]
+    return Plan(claims + problems + renames + mirrors_up + snaps_up + pubs_up + retention + drops)
 
 
 def _claim(observed: Observed, options: Options) -> list[Change]:
@@ -278,12 +282,46 @@ def _follow_renames(observed: Observed, renames: list[Change], snapshot_rows: di
     return replace(observed, publishes=publishes)
 
 
-def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None) -> Change:
+def removal_refusal(name: str, max_percent: float, before: int, removed: int) -> str | None:
+    """The removal gate: an upstream that suddenly lost most of its packages is not trusted blindly."""
+    share = 100.0 * removed / before if before else 0.0
+    if share <= max_percent:
+        return None
+    return (f"mirror/{name}: the update would remove {removed} of {before} packages ({share:.0f}%), more than "
+            f"maxRemovalPercent {max_percent:g}%; the mirror keeps its list. Pass --force if upstream really shrank")
+
+
+def replay_refusal(name: str, last: str | None, seen: datetime | None) -> str | None:
+    """A Release older than the last one seen may be a replay of old (vulnerable) content."""
+    if not last or seen is None:
+        return None
+    previous = datetime.fromisoformat(last)
+    if seen >= previous:
+        return None
+    return (f"mirror/{name}: upstream Release is dated {seen.isoformat()}, older than the last one seen "
+            f"({previous.isoformat()}): a possible replay; pass --force to accept it")
+
+
+def _refusal(name: str, doc, row: MirrorRow, probe: Probe, content_edited: bool) -> str | None:
+    """What the update task would refuse, so that a green plan means apply will not refuse."""
+    seen = datetime.fromisoformat(probe.release_date) if probe.release_date else None
+    replay = replay_refusal(name, row.release_date, seen)
+    if replay or content_edited:
+        return replay
+    return removal_refusal(name, doc.spec.maxRemovalPercent, row.num_packages, probe.removed)
+
+
+def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None, force: bool = False) -> Change:
     wanted = doc.spec.model_dump(mode="json")
     counts = {}
     if probe is not None:
         if probe.error:
             return Change("error", "Mirror", name, f"cannot read upstream: {probe.error}")
+        content_edited = row is not None and _pick(row.spec, MIRROR_CONTENT) != _pick(wanted, MIRROR_CONTENT)
+        refusal = None if row is None or force or not probe.changed else \
+            _refusal(name, doc, row, probe, content_edited)
+        if refusal:
+            return Change("error", "Mirror", name, refusal)
         counts = {"added": probe.added, "changed": probe.updated, "removed": probe.removed,
                   "numPackages": probe.packages, "downloadBytes": probe.download_bytes}
     if row is None:

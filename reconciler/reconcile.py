@@ -64,7 +64,8 @@ def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> tuple[planner.P
     sizes = {f.sha256: f.size for p in packages for f in p.files}
     download = sum(size for sha, size in sizes.items() if not ctx.pool.has(sha, size))
     return planner.Probe(changed=True, added=added, updated=changed, removed=removed,
-                         packages=len(packages), download_bytes=download), packages
+                         packages=len(packages), download_bytes=download,
+                         release_date=release.date.isoformat() if release.date else None), packages
 
 
 def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, with_probe: bool = True) -> planner.Plan:
@@ -72,10 +73,29 @@ def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, wit
     upcoming: dict[str, list] = {}
     if with_probe:
         observed.probes = probe(ctx, specs, observed, upcoming)
+    if with_probe:
+        observed.problems = unusable_files(specs)
     the_plan = planner.plan(specs, observed, options)
     if with_probe:
         describe(ctx.store(), specs, the_plan, upcoming)
     return the_plan
+
+
+def unusable_files(specs: Specs) -> dict[tuple[str, str], str]:
+    """Files a publish needs that cannot be read now: the publish task would fail on them,
+    so the plan says so first. (A mirror's keyrings are read by its probe.)"""
+    problems = {}
+    for name, doc in specs.publishes.items():
+        signing = doc.spec.signing
+        for field_name, path in (("keyFile", signing.keyFile), ("passphraseFile", signing.passphraseFile)):
+            if path is None:
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    fh.read(1)
+            except OSError as exc:
+                problems[("Publish", name)] = f"signing.{field_name} {path}: {exc.strerror or exc}"
+    return problems
 
 
 def _preview(store: Store, specs: Specs, snapshot: str, upcoming: dict[str, list]) -> list | None:

@@ -159,6 +159,9 @@ def test_removal_gate_keeps_the_list_unless_forced(world):
     for name in ("hello", "libgreet1", "toolbox", "tinymta", "greet-data"):
         shrunk.remove(name)
     world.rebuild(shrunk, date=datetime(2026, 1, 2, tzinfo=timezone.utc))
+    planned = cli(world.root, "plan", "-f", str(world.dir / "specs"), "--detailed-exitcode")
+    assert planned.returncode == 1 and "maxRemovalPercent" in planned.stdout  # a green plan never hides it
+    assert cli(world.root, "plan", "-f", str(world.dir / "specs"), "--detailed-exitcode", "--force").returncode == 2
     out = world.apply(world.mirror())
     assert out.returncode == 1 and "maxRemovalPercent" in out.stdout + out.stderr
     assert json.loads(cli(world.root, "show", "mirror", "m", "--json").stdout)["numPackages"] == before
@@ -173,6 +176,8 @@ def test_upstream_replay_with_an_older_date_is_refused(world):
     ok(world.apply(world.mirror()))
     before = world.rows("mirrors")
     world.rebuild(examples.example_builder(), date=datetime(2026, 1, 15, tzinfo=timezone.utc))
+    planned = cli(world.root, "plan", "-f", str(world.dir / "specs"), "--detailed-exitcode")
+    assert planned.returncode == 1 and "replay" in planned.stdout
     out = world.apply(world.mirror())
     assert out.returncode == 1 and "replay" in out.stdout + out.stderr
     assert world.rows("mirrors") == before

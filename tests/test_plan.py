@@ -62,9 +62,22 @@ def test_up_to_date_mirror_and_upstream_change():
     s = specs(doc("Mirror", "m", MIRROR_SPEC))
     observed = planner.Observed(mirrors={"m": mirror_row("m")}, probes={"m": planner.Probe(changed=False)})
     assert ops(planner.plan(s, observed)) == [("noop", "Mirror", "m")]
-    observed.probes["m"] = planner.Probe(changed=True, added=2, updated=1, removed=3, download_bytes=5_000_000)
+    observed.probes["m"] = planner.Probe(changed=True, added=2, updated=1, removed=1, download_bytes=5_000_000)
     [change] = planner.plan(s, observed).changes
-    assert change.op == "update" and "+2 ~1 -3" in change.reason and "5.0 MB" in change.reason
+    assert change.op == "update" and "+2 ~1 -1" in change.reason and "5.0 MB" in change.reason
+
+
+def test_plan_shows_the_refusals_the_update_would_make():
+    s = specs(doc("Mirror", "m", MIRROR_SPEC))
+    row = replace(mirror_row("m"), release_date="2026-11-20T00:00:00+00:00")
+    shrunk = planner.Probe(changed=True, removed=3, release_date="2026-11-21T00:00:00+00:00")  # 3 of 10 > 20%
+    observed = planner.Observed(mirrors={"m": row}, probes={"m": shrunk})
+    [change] = planner.plan(s, observed).changes
+    assert change.op == "error" and "maxRemovalPercent 20%" in change.reason
+    assert planner.plan(s, observed, planner.Options(force=True)).changes[0].op == "update"
+    observed.probes["m"] = planner.Probe(changed=True, release_date="2026-11-19T00:00:00+00:00")
+    [change] = planner.plan(s, observed).changes
+    assert change.op == "error" and "possible replay" in change.reason
 
 
 def test_interrupted_update_is_never_up_to_date():

@@ -272,3 +272,12 @@ def test_moving_a_publish_to_another_prefix_cleans_the_old_prefix(setup):
     left = {p.relative_to(old_pool).as_posix() for p in old_pool.rglob("*.deb")}
     assert left == {k for k in kept if k.startswith("contrib/")}  # only what `stays` uses
     assert cli(setup.root, "verify").returncode == 0
+
+
+def test_a_missing_signing_key_file_is_a_plan_error(setup, tmp_path):
+    setup.write([("s1", "mirror: up")], "s1")
+    spec = setup.specs / "all.yaml"
+    spec.write_text(spec.read_text().replace(str(setup.signing_key.secret_armored), str(tmp_path / "gone.asc")))
+    planned = cli(setup.root, "plan", "-f", str(setup.specs), "--detailed-exitcode", check=False)
+    assert planned.returncode == 1
+    assert f"publish/pub: signing.keyFile {tmp_path / 'gone.asc'}: No such file or directory" in planned.stdout

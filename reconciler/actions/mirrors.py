@@ -19,7 +19,7 @@ from reconciler import locks, tasks, upstream
 from reconciler.actions import guards
 from reconciler.errors import NotFound, PermanentError, Refused
 from reconciler.fetch import Fetcher, Want, join
-from reconciler.plan import MIRROR_CONTENT
+from reconciler.plan import MIRROR_CONTENT, removal_refusal, replay_refusal
 from reconciler.spec import MirrorDoc, MirrorSpec
 from reconciler.state.stores import Store, now
 
@@ -149,25 +149,15 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
 
 
 def _check_replay(row, release: upstream.Release, force: bool) -> None:
-    if row is None or not row.release_date or release.date is None or force:
-        return
-    from datetime import datetime
-
-    last = datetime.fromisoformat(row.release_date)
-    if release.date < last:
-        raise Refused(f"mirror/{row.name}: upstream Release is dated {release.date.isoformat()}, older than "
-                      f"the last one seen ({last.isoformat()}): a possible replay; pass --force to accept it")
+    refusal = None if row is None or force else replay_refusal(row.name, row.release_date, release.date)
+    if refusal:
+        raise Refused(refusal)
 
 
 def _check_removals(name: str, spec: MirrorSpec, before: int, removed: int, force: bool, same_spec: bool) -> None:
-    """Safety gate: an upstream that suddenly lost most of its packages is not trusted blindly."""
-    if force or not same_spec or before == 0:
-        return
-    share = 100.0 * removed / before
-    if share > spec.maxRemovalPercent:
-        raise Refused(f"mirror/{name}: the update would remove {removed} of {before} packages ({share:.0f}%), "
-                      f"more than maxRemovalPercent {spec.maxRemovalPercent:g}%; the mirror keeps its list. "
-                      "Pass --force if upstream really shrank")
+    refusal = None if force or not same_spec else removal_refusal(name, spec.maxRemovalPercent, before, removed)
+    if refusal:
+        raise Refused(refusal)
 
 
 def _download(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, packages) -> object:
