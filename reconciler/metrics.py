@@ -54,28 +54,34 @@ class Metrics:
 
 
 class _MirrorPackages(Collector):
-    """reconciler_mirror_packages{mirror}: read from the stored lists at scrape time."""
+    """reconciler_mirror_packages{mirror} and reconciler_mirror_update_failed{mirror}: read
+    from the stored rows at scrape time."""
 
     def __init__(self, ctx: tasks.Context):
         self.ctx = ctx
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
-        yield self._family()
+        yield from self._families()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = self._family()
+        packages, failed = self._families()
         db = self.ctx.connect()  # its own connection: scrapes run on any thread
         try:
             for row in Store(db).mirrors.list():
-                family.add_metric([row.name], row.num_packages)
+                packages.add_metric([row.name], row.num_packages)
+                failed.add_metric([row.name], 1 if row.status == "failed" else 0)
         finally:
             db.conn.close()
-        yield family
+        yield packages
+        yield failed
 
     @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily("reconciler_mirror_packages", "Packages in each mirror's current list",
-                                 labels=["mirror"])
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("reconciler_mirror_packages", "Packages in each mirror's current list",
+                                  labels=["mirror"]),
+                GaugeMetricFamily("reconciler_mirror_update_failed",
+                                  "1 when the mirror's last update failed (it keeps its previous list)",
+                                  labels=["mirror"]))
 
 
 class MeteredPool(FilesystemPool):

@@ -345,6 +345,8 @@ def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None, force: b
         return Change("update", "Mirror", name, reason, counts)
     if probe is None:
         return Change("update", "Mirror", name, "check upstream", {})
+    if row.status == "failed":
+        return Change("update", "Mirror", name, f"the last update failed: {row.last_error}", counts)
     return Change("noop", "Mirror", name, f"up to date ({row.num_packages} packages)")
 
 

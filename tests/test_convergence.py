@@ -104,3 +104,24 @@ def test_a_series_rotates_under_its_latest_publish_without_refusals(specs):
         assert specs.show("publish", "p")["components"] == {"main": members[-1]}
         time.sleep(1.1)
     assert len(set(members)) == 2
+
+
+def test_a_failed_update_is_recorded_shown_and_retried_until_it_succeeds(specs):
+    from tests.support import examples
+
+    specs.apply(specs.mirror())
+    newer = examples.example_builder()
+    newer.add("hello", "2.12-1", depends="libgreet1 (>= 1.1)")
+    newer.build(specs.up.archive.root, distribution="stable", sign_with=specs.up.key)
+    specs.up.server.fail(lambda p: p.endswith(".deb"), 404, times=None)  # package files gone upstream
+    out = specs.apply(specs.mirror(), expect=1)
+    assert "failed" in out
+    shown = specs.show("mirror", "m")
+    assert shown["status"] == "failed" and "HTTP 404" in shown["lastError"]
+    planned = reconciler(specs.root, "plan", "-f", str(specs.dir), "--detailed-exitcode")
+    assert planned.returncode == 2 and "update" in planned.stdout
+    specs.up.server.reset()
+    specs.apply(specs.mirror())
+    shown = specs.show("mirror", "m")
+    assert shown["status"] == "ready" and shown["lastError"] is None
+    specs.converged()

@@ -12,12 +12,13 @@ mistaken for done (DESIGN rule 3).
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
 
 from reconciler import locks, tasks, upstream
 from reconciler.actions import guards
-from reconciler.errors import NotFound, PermanentError, Refused
+from reconciler.errors import NotFound, PermanentError, ReconcilerError, Refused
 from reconciler.fetch import Fetcher, Want, join
 from reconciler.plan import MIRROR_CONTENT, removal_refusal, replay_refusal
 from reconciler.spec import MirrorDoc, MirrorSpec
@@ -93,6 +94,9 @@ def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: b
         own = fetcher or Fetcher(concurrency=doc.spec.downloadConcurrency, progress=progress)
         try:
             return _sync(task, doc, owner=owner, force=force, fetcher=own)
+        except ReconcilerError as exc:
+            _record_failure(task, name, owner, exc)
+            raise
         finally:
             if progress:
                 progress.close()
@@ -116,9 +120,10 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
     unchanged = (row is not None and row.update_complete and row.release_sha256 == release.sha256
                  and content(row.spec) == content(wanted))
     if unchanged:
-        if row.spec != wanted or row.protect != doc.metadata.protect:
+        if row.spec != wanted or row.protect != doc.metadata.protect or row.status != "ready":
             with task.transaction() as store:
-                store.mirrors.update(name, spec=wanted, protect=int(doc.metadata.protect))
+                store.mirrors.update(name, spec=wanted, protect=int(doc.metadata.protect), status="ready",
+                                     last_error=None)
         return SyncResult(name, "up-to-date", packages=row.num_packages, warnings=warnings)
     _check_replay(row, release, force)
     packages = upstream.read_packages(fetcher, release, spec, cache=task.ctx.root / "cache" / "indexes")
@@ -146,6 +151,18 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
                         warnings)
     task.log(result.line())
     return result
+
+
+def _record_failure(task: tasks.Task, name: str, owner: str, exc: ReconcilerError) -> None:
+    """A failed update keeps the previous list, and says so: status failed, the error kept
+    for list, show, the API and the next plan (a success clears both)."""
+    try:
+        with task.transaction() as store:
+            row = store.mirrors.get(name)
+            if row is not None and row.owner == owner:
+                store.mirrors.update(name, status="failed", last_error=str(exc)[:4000])
+    except (OSError, sqlite3.Error):  # a full disk: the original error is the one to report
+        pass
 
 
 def _check_replay(row, release: upstream.Release, force: bool) -> None:
