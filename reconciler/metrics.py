@@ -12,13 +12,14 @@ time, and downloaded bytes are counted by the pool as each verified file is impo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from reconciler import tasks
+from reconciler import tasks, treeverify
 from reconciler.pool import FilesystemPool
 from reconciler.state.stores import Store
 
@@ -48,6 +49,7 @@ class Metrics:
         self.last_success = Gauge("reconciler_last_success_timestamp_seconds",
                                   "Unix time of the last successful reconcile", registry=r)
         r.register(_MirrorPackages(ctx))
+        r.register(_PublishValidity(ctx))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -82,6 +84,37 @@ class _MirrorPackages(Collector):
                 GaugeMetricFamily("reconciler_mirror_update_failed",
                                   "1 when the mirror's last update failed (it keeps its previous list)",
                                   labels=["mirror"]))
+
+
+class _PublishValidity(Collector):
+    """reconciler_publish_valid_until_seconds{publish}: seconds until each tree's Valid-Until,
+    read from its Release on disk at scrape time (trees without Valid-Until are left out)."""
+
+    def __init__(self, ctx: tasks.Context):
+        self.ctx = ctx
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        db = self.ctx.connect()
+        try:
+            rows = Store(db).publishes.list()
+        finally:
+            db.conn.close()
+        now = datetime.now(timezone.utc)
+        for row in rows:
+            until = treeverify.published(self.ctx.publish_root, row.prefix, row.distribution).valid_until
+            if until is not None:
+                family.add_metric([row.name], (until - now).total_seconds())
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("reconciler_publish_valid_until_seconds",
+                                 "Seconds until the published Release expires (negative: expired)",
+                                 labels=["publish"])
 
 
 class MeteredPool(FilesystemPool):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 from reconciler.loader import Specs
@@ -41,6 +41,14 @@ class Probe:
     release_date: str | None = None  # ISO date of the upstream Release read (when it changed)
 
 
+@dataclass(frozen=True)
+class PublishedTree:
+    """What is on disk where a publish lives (gathered by the caller from its Release)."""
+
+    release_sha256: str | None  # None: there is no Release there
+    valid_until: datetime | None = None
+
+
 @dataclass
 class Observed:
     mirrors: dict[str, MirrorRow] = field(default_factory=dict)
@@ -48,6 +56,7 @@ class Observed:
     publishes: dict[str, PublishRow] = field(default_factory=dict)
     probes: dict[str, Probe] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)  # owner -> spec source that last applied
+    trees: dict[str, PublishedTree] = field(default_factory=dict)  # publish name -> its tree on disk
     # (kind, name) -> why a declared object cannot be applied (a signing key file that is missing)
     problems: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -113,7 +122,7 @@ def _pick(spec: dict, fields: tuple[str, ...]) -> dict:
 
 # Fields added to the Publish spec after trees were published, at their defaults: a
 # stored spec from before does not have them, and must still compare equal.
-_LATER_DEFAULTS = {"compression": Compression().model_dump(mode="json")}
+_LATER_DEFAULTS = {"compression": Compression().model_dump(mode="json"), "renewBefore": None}
 
 
 def publish_fields(spec: dict) -> dict:
@@ -163,7 +172,11 @@ def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan
     planned.update({c.name: SimpleNamespace(series=c.detail["series"]) for c in snaps_up
                     if c.op == "create" and "series" in c.detail})
     for name, doc in specs.publishes.items():
-        pubs_up.append(_publish(name, doc, observed.publishes.get(name), planned, snaps_up))
+        change = _publish(name, doc, observed.publishes.get(name), planned, snaps_up)
+        if change.op == "noop" and name in observed.trees:
+            now = options.now or datetime.now(timezone.utc)
+            change = _repair(change, doc, observed.publishes[name], observed.trees[name], now)
+        pubs_up.append(change)
     retention = _retention(specs, planned, observed, snaps_up, pubs_up)
     drops = _drops(specs, observed, mirror_rows, snapshot_rows, dropped_snapshots, options)
     problems = [Change("error", kind, name, why) for (kind, name), why in sorted(observed.problems.items())]
@@ -408,6 +421,35 @@ def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_chang
                                                  "(a replace, or a switch that did not finish)",
                       {"sources": sources, "before": row.sources, "fields": []})
     return Change("noop", "Publish", name, f"{where}: up to date", sources_noop)
+
+
+def renew_before(spec) -> timedelta | None:
+    """How long before Valid-Until a tree is re-signed: `renewBefore`, else half of `validFor`."""
+    if not spec.validFor:
+        return None
+    return parse_duration(spec.renewBefore) if spec.renewBefore else parse_duration(spec.validFor) / 2
+
+
+def tree_repair(spec, release_sha256: str | None, tree: PublishedTree, now: datetime) -> str | None:
+    """Why a publish whose inputs are unchanged must be written again, or None.
+
+    Shared by the plan and by the publish task, which re-derives it inside its lock."""
+    if tree.release_sha256 is None:
+        return "the published tree has no Release (deleted?): rebuild it"
+    if release_sha256 and tree.release_sha256 != release_sha256:
+        return "the Release on disk is not the one published (drift): rebuild it"
+    window = renew_before(spec)
+    if window is not None and tree.valid_until is not None and tree.valid_until - now < window:
+        return f"Valid-Until {tree.valid_until.isoformat()} is less than {window} away: re-sign it"
+    return None
+
+
+def _repair(change: Change, doc, row: PublishRow, tree: PublishedTree, now: datetime) -> Change:
+    why = tree_repair(doc.spec, row.release_sha256, tree, now)
+    if why is None:
+        return change
+    where = f"{doc.spec.prefix}/{doc.spec.distribution}"
+    return Change("update", "Publish", change.name, f"{where}: {why}", {**change.detail, "repair": why})
 
 
 def _own_undeclared(rows: dict, declared: dict, owner: str) -> set[str]:

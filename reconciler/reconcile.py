@@ -9,9 +9,10 @@ order and refuses up front what must not start (errors, in-use drops).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from reconciler import plan as planner
-from reconciler import tasks, upstream
+from reconciler import tasks, treeverify, upstream
 from reconciler.actions import mirrors, owners, publish, snapshots
 from reconciler.errors import ReconcilerError, Refused
 from reconciler.fetch import Fetcher
@@ -19,8 +20,14 @@ from reconciler.loader import Specs
 from reconciler.state.stores import Store
 
 
-def observe(store: Store) -> planner.Observed:
+def observe(store: Store, publish_root: Path | None = None) -> planner.Observed:
+    """The rows, the owners and, with `publish_root`, each published tree's Release on disk."""
+    trees = {}
+    if publish_root is not None:
+        trees = {r.name: treeverify.published(publish_root, r.prefix, r.distribution)
+                 for r in store.publishes.list()}
     return planner.Observed(
+        trees=trees,
         mirrors={r.name: r for r in store.mirrors.list()},
         snapshots={r.name: r for r in store.snapshots.list()},
         publishes={r.name: r for r in store.publishes.list()},
@@ -69,7 +76,7 @@ def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> tuple[planner.P
 
 
 def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, with_probe: bool = True) -> planner.Plan:
-    observed = observe(ctx.store())
+    observed = observe(ctx.store(), ctx.publish_root if with_probe else None)
     upcoming: dict[str, list] = {}
     if with_probe:
         observed.probes = probe(ctx, specs, observed, upcoming)

@@ -150,6 +150,8 @@ class PublishSpec(Strict):
     codename: str | None = None
     description: str | None = None
     validFor: str | None = Field(None, description="Valid-Until = Date + this duration, e.g. 7d")
+    renewBefore: str | None = Field(None, description="Re-sign when less than this is left before Valid-Until "
+                                                      "(default: half of validFor)")
     signing: Signing
     acquireByHash: bool = True
     compression: Compression = Field(default_factory=Compression)
@@ -183,12 +185,21 @@ class PublishSpec(Strict):
                 raise ValueError(f"{comp}: bad snapshot reference {ref!r}")
         return value
 
-    @field_validator("validFor")
+    @field_validator("validFor", "renewBefore")
     @classmethod
     def _valid_for(cls, value: str | None) -> str | None:
         if value is not None:
             parse_duration(value)
         return value
+
+    @model_validator(mode="after")
+    def _renewal(self) -> PublishSpec:
+        if self.renewBefore is not None:
+            if self.validFor is None:
+                raise ValueError("renewBefore: needs validFor")
+            if parse_duration(self.renewBefore) >= parse_duration(self.validFor):
+                raise ValueError("renewBefore: must be shorter than validFor")
+        return self
 
     @property
     def key(self) -> str:

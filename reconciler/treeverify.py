@@ -15,6 +15,7 @@ hashing 40 GB of pool twice would double the cost of a check.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import lzma
 import os
 import posixpath
@@ -29,6 +30,7 @@ from pathlib import Path
 from reconciler import gpg, tree
 from reconciler.debian.index import ReleaseInfo, iter_stanzas, open_index, parse_release
 from reconciler.errors import VerifyError
+from reconciler.plan import PublishedTree
 from reconciler.pool import file_sha256
 
 INDEX_NAMES = ("Packages", "Sources")
@@ -141,15 +143,32 @@ def _check_validity(info: ReleaseInfo, label: str) -> list[str]:
     text = info.get("Valid-Until")
     if not text:
         return []
-    try:
-        until = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+    until = _date(text)
+    if until is None:
         return [f"{label}/Release: Valid-Until {text!r} is not a date"]
-    if until.tzinfo is None:
-        until = until.replace(tzinfo=timezone.utc)
     if until < datetime.now(timezone.utc):
         return [f"{label}/Release: expired (Valid-Until {text}); publish again to renew it"]
     return []
+
+
+def _date(text: str) -> datetime | None:
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def published(publish_root: Path, prefix: str, distribution: str) -> PublishedTree:
+    """The Release of a published tree as it is on disk now (a small file), for plans,
+    the publish task's repair check and metrics."""
+    try:
+        data = (tree.dist_dir(publish_root, prefix, distribution) / "Release").read_bytes()
+    except OSError:
+        return PublishedTree(None)
+    info = parse_release(data.decode("utf-8", "replace"))
+    text = info.get("Valid-Until")
+    return PublishedTree(hashlib.sha256(data).hexdigest(), _date(text) if text else None)
 
 
 # ---------------------------------------------------------------------------

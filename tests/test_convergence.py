@@ -125,3 +125,43 @@ def test_a_failed_update_is_recorded_shown_and_retried_until_it_succeeds(specs):
     shown = specs.show("mirror", "m")
     assert shown["status"] == "ready" and shown["lastError"] is None
     specs.converged()
+
+
+def publish_text(specs: Specs, extra: str = "") -> str:
+    return specs.mirror() + doc("Snapshot", "s", "{mirror: m}") + doc(
+        "Publish", "p", f"{{distribution: stable, components: {{main: s}}, signing: {{skip: true}}{extra}}}")
+
+
+@pytest.mark.parametrize("damage", ["delete", "edit"])
+def test_a_damaged_release_is_planned_as_a_repair_and_rebuilt(specs, damage):
+    specs.apply(publish_text(specs))
+    release = specs.root / "public/dists/stable/Release"
+    if damage == "delete":
+        release.unlink()
+    else:
+        release.write_text(release.read_text().replace("Suite: stable", "Suite: hostile"))
+    planned = reconciler(specs.root, "plan", "-f", str(specs.dir), "--detailed-exitcode")
+    assert planned.returncode == 2 and "rebuild it" in planned.stdout, planned.stdout
+    specs.apply(publish_text(specs))
+    assert "Suite: stable" in release.read_text()
+    specs.converged()
+    assert reconciler(specs.root, "verify").returncode == 0
+
+
+def test_valid_until_is_renewed_once_less_than_half_is_left(specs):
+    from reconciler.metrics import Metrics
+    from reconciler.tasks import Context
+
+    text = publish_text(specs, ", validFor: 8s")
+    specs.apply(text)
+    specs.converged()
+    release = specs.root / "public/dists/stable/Release"
+    first = release.read_text()
+    metrics = Metrics(Context(specs.root)).render().decode()
+    assert 'reconciler_publish_valid_until_seconds{publish="p"}' in metrics
+    time.sleep(4.5)  # less than half of the 8 s validity is left now
+    planned = reconciler(specs.root, "plan", "-f", str(specs.dir), "--detailed-exitcode")
+    assert planned.returncode == 2 and "re-sign it" in planned.stdout
+    specs.apply(text)
+    assert release.read_text() != first
+    specs.converged()

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import gpg, locks, tasks, tree
+from reconciler import gpg, locks, tasks, tree, treeverify
 from reconciler.actions import guards
 from reconciler.debian.package import Package
 from reconciler.errors import NotFound, PermanentError, Refused
-from reconciler.plan import inputs_digest, resolve_sources
+from reconciler.plan import inputs_digest, resolve_sources, tree_repair
 from reconciler.spec import PublishDoc, parse_duration
 from reconciler.state.stores import Store
 
@@ -83,9 +84,12 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
                           f"{current.owner}, or pass --take-over to take it over")
         if current is not None and (current.prefix, current.distribution) != where:
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
-        target = tree.dist_dir(ctx.publish_root, spec.prefix, spec.distribution)
-        if current and current.inputs_digest == digest and (target / "Release").exists():
+        on_disk = treeverify.published(ctx.publish_root, spec.prefix, spec.distribution)
+        repair = current and tree_repair(spec, current.release_sha256, on_disk, datetime.now(timezone.utc))
+        if current and current.inputs_digest == digest and not repair:
             return _record_unchanged(task, doc, current, sources)
+        if repair:
+            task.log(f"publish/{name}: {repair}")
         result = _write(task, doc, sources, current)
         with task.transaction() as tx:
             tx.publishes.save(name, owner=owner, prefix=spec.prefix, distribution=spec.distribution, spec=wanted,
