@@ -44,7 +44,9 @@ class MirrorSpec(Strict):
     components: list[str] | None = Field(None, description="Default: all in the Release file")
     architectures: list[str] | None = Field(None, description="Default: all in the Release file")
     filter: str | None = Field(None, description="aptly package query")
-    filterWithDeps: bool = False
+    filterWithDeps: bool | Literal["minimal"] = Field(
+        False, description="Also take what filtered packages depend on: true follows aptly's rule (every "
+                           "alternative of an OR-group nothing satisfies), minimal takes one alternative")
     withSources: bool = False
     withUdebs: bool = False
     keyrings: list[str] = Field(default_factory=list, description="Relative to the spec file")
@@ -88,7 +90,9 @@ class SnapshotSpec(Strict):
     mirror: Name | None = None
     snapshots: list[Name] | None = None
     filter: str | None = None
-    filterWithDeps: bool = False
+    filterWithDeps: bool | Literal["minimal"] = Field(
+        False, description="Also take what filtered packages depend on: true follows aptly's rule (every "
+                           "alternative of an OR-group nothing satisfies), minimal takes one alternative")
     latest: bool = Field(False, description="On merge keep the highest version instead of the later source")
     series: Series | None = None
 

@@ -191,18 +191,19 @@ def read_packages(fetcher: Fetcher, release: Release, spec: MirrorSpec, *, cache
     return select(list(seen.values()), spec.filter, spec.filterWithDeps, architectures(release, spec))
 
 
-def select_stored(packages: list[Package], text: str | None, with_deps: bool) -> list[Package]:
+def select_stored(packages: list[Package], text: str | None, with_deps: bool | str) -> list[Package]:
     """`select` over packages already stored: the architectures are those they have."""
     archs = sorted({p.arch for p in packages if p.arch not in ("all", "source")})
     return select(packages, text, with_deps, archs)
 
 
-def select(packages: list[Package], text: str | None, with_deps: bool, archs: list[str]) -> list[Package]:
+def select(packages: list[Package], text: str | None, with_deps: bool | str, archs: list[str]) -> list[Package]:
     """Apply a spec's filter (and dependency closure) to a package list."""
     if not text:
         return packages
     q = query.parse(text)
     chosen = [p for p in packages if q.matches(p)]
     if with_deps:
-        chosen = deps.closure(chosen, packages, architectures=archs)
+        rule = "minimal" if with_deps == "minimal" else "aptly"
+        chosen = deps.closure(chosen, packages, architectures=archs, rule=rule)
     return chosen

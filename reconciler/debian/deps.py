@@ -1,30 +1,43 @@
 """Dependency closure for `filterWithDeps`: the filtered packages plus what they need.
 
 Like aptly's (https://www.aptly.info/doc/feature/dependencies/) this is not a solver.
-It follows Pre-Depends and Depends, takes one alternative per OR-group and one
-provider per virtual package, and records what it cannot satisfy instead of failing:
-real archives carry a few broken dependencies, and a mirror must still update.
+It follows Pre-Depends and Depends and records what it cannot satisfy instead of
+failing: real archives carry a few broken dependencies, and a mirror must still update.
 
-Choices, in the order they apply:
+Two rules decide OR-groups (`a | b`), chosen per spec (`filterWithDeps: true` or
+`minimal`):
+
+- **aptly** (the default, so a set migrated from aptly stays the same): rounds, as
+  aptly's `PackageList.Filter` makes them. Each round checks every dependency of the
+  packages added in the last round against the result as it stood at the round's
+  start; a group none of whose alternatives is satisfied contributes every
+  alternative, and each of those still unsatisfied when its turn comes adds the
+  first package that matches it. So `absent | b | c` with neither b nor c chosen
+  takes both b and c, as aptly does.
+- **minimal**: one alternative per group. OR-groups wait until no plain dependency is
+  left, so an alternative that something else pulls in anyway wins over a first
+  alternative nobody else needs; otherwise the first alternative the universe
+  satisfies is taken.
+
+Shared choices:
   - A dependency is resolved within one architecture: a package's own, or, for an
     `all` package, each requested architecture in turn. Packages of that
     architecture and `all` packages both satisfy it. `:any`/`:native` qualifiers
     change nothing; `foo:i386` resolves in i386. `[arch]` lists are honoured.
   - debs satisfy debs and udebs satisfy udebs; source packages have no dependencies.
-  - A dependency already satisfied by the result adds nothing. OR-groups wait until
-    no plain dependency is left, so an alternative that something else pulls in
-    anyway wins over a first alternative nobody else needs.
-  - Otherwise the first alternative the universe satisfies is taken: a real package
-    of that name at the highest satisfying version; failing that, a provider
-    (alphabetically first name, then highest version). A versioned dependency is
-    satisfied by a versioned Provides only, as in Debian policy.
+  - A dependency already satisfied by the result adds nothing.
+  - The package taken for a dependency is a real package of that name at the highest
+    satisfying version; failing that, a provider (alphabetically first name, then
+    highest version: aptly takes the provider its hash map yields first, which is not
+    stable). A versioned dependency is satisfied by a versioned Provides only, as in
+    Debian policy.
 """
 
 from __future__ import annotations
 
 import functools
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from reconciler.debian import query
@@ -180,15 +193,95 @@ class _Closure:
             self.missing[str(need)] = None
 
 
+class _AptlyClosure(_Closure):
+    """aptly's rounds (see the module docstring); only `take` and `run` differ."""
+
+    def __init__(self, universe: Iterable[Package], architectures: list[str]):
+        super().__init__(universe, architectures)
+        self.new: list[Package] = []
+
+    def take(self, pkg: Package) -> None:
+        if pkg not in self.result:
+            self.result[pkg] = None
+            self.chosen.add(pkg)
+            self.new.append(pkg)
+
+    def run(self) -> None:
+        while self.new:
+            wanted = self._unsatisfied(self.new)
+            self.new = []
+            for kind, arch, rel in wanted:
+                if self.chosen.best(rel, kind, arch):
+                    continue  # satisfied by what this round added already
+                pkg = self.universe.best(rel, kind, arch)
+                if pkg is not None:
+                    self.take(pkg)
+        self._report()
+
+    def _unsatisfied(self, packages: list[Package]) -> dict[tuple[str, str, Relation], None]:
+        """Every alternative of each group the result does not satisfy, in aptly's order."""
+        wanted: dict[tuple[str, str, Relation], None] = {}
+        ordered = sorted(packages, key=lambda p: (p.name, _Descending(query.version_key(p.version)), p.arch))
+        for arch in self.architectures:
+            for pkg in ordered:
+                if pkg.type == "source" or pkg.arch not in (arch, "all"):
+                    continue
+                for group in _groups(pkg):
+                    pending = []
+                    for rel in (r for r in group if r.applies(arch)):
+                        target = rel.target_arch(arch)
+                        if self.chosen.best(rel, pkg.type, target):
+                            pending = []
+                            break
+                        pending.append((pkg.type, target, rel))
+                    wanted.update(dict.fromkeys(pending))
+        return wanted
+
+    def _report(self) -> None:
+        for pkg in self.result:
+            if pkg.type == "source":
+                continue
+            for arch in self.architectures if pkg.arch == "all" else [pkg.arch]:
+                for group in _groups(pkg):
+                    need = _Need(pkg.type, arch, group)
+                    alternatives = [rel for rel in group if rel.applies(arch)]
+                    if alternatives and not any(self.chosen.best(r, pkg.type, r.target_arch(arch))
+                                                for r in alternatives):
+                        self.missing[str(need)] = None
+
+
+def _groups(pkg: Package) -> Iterator[Group]:
+    for field in DEPENDENCY_FIELDS:
+        yield from parse_relations(pkg.fields.get(field) or "")
+
+
+@functools.total_ordering
+class _Descending:
+    """Wraps a sort key to sort it highest first (aptly's index lists versions newest first)."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def __eq__(self, other) -> bool:
+        return self.key == other.key
+
+    def __lt__(self, other) -> bool:
+        return self.key > other.key
+
+
+RULES = {"aptly": _AptlyClosure, "minimal": _Closure}
+
+
 def closure_report(
-    selected: Iterable[Package], universe: Iterable[Package], *, architectures: list[str]
+    selected: Iterable[Package], universe: Iterable[Package], *, architectures: list[str], rule: str = "aptly"
 ) -> tuple[list[Package], list[str]]:
     """`selected` (first, in their order) plus what they transitively need from
     `universe`, and the dependencies nothing satisfied, as `rel | rel [arch]` lines.
 
-    An empty `architectures` means every architecture the universe has packages for.
+    An empty `architectures` means every architecture the universe has packages for;
+    `rule` is "aptly" or "minimal" (see the module docstring).
     """
-    work = _Closure(universe, architectures)
+    work = RULES[rule](universe, architectures)
     for pkg in selected:
         work.take(pkg)
     work.run()
@@ -196,7 +289,7 @@ def closure_report(
 
 
 def closure(
-    selected: Iterable[Package], universe: Iterable[Package], *, architectures: list[str]
+    selected: Iterable[Package], universe: Iterable[Package], *, architectures: list[str], rule: str = "aptly"
 ) -> list[Package]:
     """`closure_report` without the report of unsatisfied dependencies."""
-    return closure_report(selected, universe, architectures=architectures)[0]
+    return closure_report(selected, universe, architectures=architectures, rule=rule)[0]
