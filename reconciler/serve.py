@@ -76,6 +76,9 @@ def spec_revision(root: Path) -> str:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # ConfigMap: ..data, ..2026_...
         for name in sorted(f for f in filenames if not f.startswith(".")):
             path = Path(dirpath, name)
+            if not path.is_file():  # dangling link, FIFO: not read here (it would block); load() reports it
+                digest.update(f"{path.relative_to(root).as_posix()}\0-\n".encode())
+                continue
             try:
                 content = hashlib.sha256(path.read_bytes()).hexdigest()
             except OSError:
