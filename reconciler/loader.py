@@ -297,9 +297,9 @@ def _read(file: Path, env: Mapping[str, str], issues: list[SpecIssue]) -> list[_
         issues.append(SpecIssue(str(file), line, "", "", f"malformed YAML: {problem}"))
         return []
     if all(doc is None for doc in docs):
-        issues.append(SpecIssue(str(file), 0, "", "", "no spec documents found (the file is empty, or only comments and ---); "
-                                "refusing to read that as 'declare nothing', which would drop what it declared "
-                                "(delete the file to drop its objects)"))
+        issues.append(SpecIssue(str(file), 0, "", "", "no spec documents found (the file is empty, or only "
+                                "comments and ---); refusing to read that as 'declare nothing', which would drop "
+                                "what it declared (delete the file to drop its objects)"))
         return []
     raws = []
     for index, doc in enumerate(docs):

@@ -121,7 +121,7 @@ HOSTILE = {
                                               "are expanded"),
     "recursive alias": ("a: &a [*a]\n", "nested more than 64 levels deep once aliases"),
     "5000-deep nesting": ("[" * 5000 + "]" * 5000 + "\n", "b.yaml:1: malformed YAML: nested more than 64 levels deep"),
-    "deep aliases": ("a: &a [x]\n" + "".join(f"a{i}: &a{i} [*{'a' if i == 1 else f'a{i - 1}'}]\n" for i in range(1, 100)),
+    "deep aliases": ("a0: &a0 [x]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 100)),
                      "nested more than 64 levels deep once aliases and merge keys (<<) are expanded"),
 }
 
