@@ -289,7 +289,8 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
     @app.post("/api/reconcile", tags=["reconcile"], dependencies=guarded, status_code=202,
               responses={401: {}, 429: {}, 503: {}, 504: {}},
               summary="Reconcile now; with wait=1, answer when that reconcile has finished")
-    async def trigger(wait: bool = False, timeout: Annotated[float, Query(gt=0, le=3600)] = 600) -> JSONResponse:
+    async def trigger(request: Request, wait: bool = False,
+                      timeout: Annotated[float, Query(gt=0, le=3600)] = 600) -> Response:
         if controller.stopping:
             raise HTTPException(503, "shutting down")
         if not wait:
@@ -301,6 +302,8 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
             while not controller.finished(ticket):  # on the event loop: waiting holds no thread
                 if time.monotonic() >= deadline:
                     return JSONResponse(controller.status(), status_code=504)
+                if await request.is_disconnected():  # gone: free the place for a client still waiting
+                    return Response(status_code=499)
                 await asyncio.sleep(WAIT_POLL)
         return JSONResponse(controller.status(), status_code=200)
 

@@ -203,3 +203,20 @@ def test_probes_and_reads_answer_while_task_requests_queue_behind_a_reconcile(tm
         codes = [f.result().status_code for f in updates]
     assert sorted(codes) == [200] * api.MAX_TASK_REQUESTS + [429] * (clients - api.MAX_TASK_REQUESTS), codes
     assert_probes_answer(server)
+
+
+def test_a_waiter_that_hangs_up_frees_its_place(tmp_path, upstream, start):
+    """Clients that give up on a wait=1 must not keep the waiting places taken until their
+    timeout (up to an hour), or every later waiter would be refused."""
+    archive, _ = upstream
+    archive.slow(".deb", 6)
+    server = start(specs_dir(tmp_path, upstream), "--grace-period", "1s", ready=False)
+    archive.wait_for(".deb", 1, timeout=30)
+    clients = api.MAX_WAITERS
+    with ThreadPoolExecutor(clients) as pool, many(server, clients) as http:
+        impatient = [pool.submit(http.post, "/api/reconcile", params={"wait": 1}, timeout=0.5)
+                     for _ in range(clients)]
+        assert all(isinstance(f.exception(timeout=10), httpx.ReadTimeout) for f in impatient)
+    time.sleep(2 * api.WAIT_POLL + 0.3)  # the server notices within a poll or two
+    answer = server.post("/api/reconcile", params={"wait": 1, "timeout": 1})
+    assert answer.status_code == 504, answer.text  # waited its second: it was let in, not refused with 429
