@@ -33,13 +33,16 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 # Limits on one spec file. A real spec is a few KiB, nests about 5 deep and has some
 # hundred nodes per document; these are far above that and far below what hurts. They
-# make a hostile or broken file fail in milliseconds with a message instead of eating
-# memory or the stack: aliases make a document a graph whose expansion can be
-# exponential ("billion laughs": 9 levels of 9 aliases are 10^9 nodes), and PyYAML
-# constructs and flattens merge keys (`<<: *prev`) recursively.
-MAX_FILE_BYTES = 10 * 1024 * 1024
+# make a hostile or broken file fail quickly with a message instead of eating memory or
+# the stack: aliases make a document a graph whose expansion can be exponential
+# ("billion laughs": 9 levels of 9 aliases are 10^9 nodes), and PyYAML constructs and
+# flattens merge keys (`<<: *prev`) recursively. The numbers follow from what pure-Python
+# PyYAML costs on a small machine: some 15,000-25,000 nodes and 0.15 MiB a second, so a
+# document is refused within about a second and a file within some seconds (without the
+# caps, an 8 MiB flat list ran for more than 2 minutes and took 1.2 GB before it was killed).
+MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 64  # nesting of one document, counted through aliases and merge keys
-MAX_NODES = 100_000  # nodes of one document with every alias expanded
+MAX_NODES = 20_000  # nodes of one document as written, and again with every alias expanded
 
 
 class LineDict(dict):
@@ -51,16 +54,26 @@ class LineDict(dict):
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader within the limits above: the composer refuses deep nesting before it
-    recurses, and each document's node graph is measured before anything is built."""
+    recurses and a document of too many nodes before it holds them all, and each
+    document's node graph is measured before anything is built from it."""
 
     _depth = 0
+    _nodes = 0
+
+    def compose_document(self):
+        self._nodes = 0
+        return super().compose_document()
 
     def compose_node(self, parent, index):
         self._depth += 1
+        self._nodes += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
                                                   self.peek_event().start_mark)
+            if self._nodes > MAX_NODES:
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_NODES} nodes in one document; "
+                                                  "a spec document needs far fewer", self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -271,7 +284,7 @@ def _read_text(file: Path) -> str:
         except OSError as exc:
             raise _Unusable(f"cannot read: {exc.strerror or exc}") from None
     if len(data) > MAX_FILE_BYTES:
-        raise _Unusable(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; spec files are small")
+        raise _Unusable(f"larger than {MAX_FILE_BYTES // 1024} KiB; spec files are small (split it)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
