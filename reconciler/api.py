@@ -6,23 +6,34 @@
   `mirrors.drop`). Each is a locked task that reloads and re-checks inside its lock,
   so a DELETE racing a snapshot of the same mirror is decided there, freshly, and a
   refusal (in use: 403 naming the users) leaves everything as it was.
-- Every endpoint that runs a task is a plain `def`: FastAPI runs it in a thread pool,
-  so a long mirror update never blocks health checks or reads.
+- Nothing that waits for reconcile work may hold a thread the reads need, or the pod's
+  probes time out and it is killed while working. Probes and /api/status are `async`
+  and touch neither threads nor the database. Reads and /metrics are plain `def`s in
+  AnyIO's thread pool, which nothing else holds for long: `POST /api/reconcile?wait=1`
+  waits on the event loop, and endpoints that run a task run on threads of their own.
+  Both are bounded (LIMITS below); a request beyond the bound is answered 429 at once.
 - Domain errors become HTTP statuses in one handler, from each error's `http_status`.
 - With a token file, mutating endpoints need `Authorization: Bearer TOKEN`, compared in
   constant time; the file is read per request, so a rotated Secret takes effect
-  without a restart. Reads stay open, as /metrics and probes must.
+  without a restart. A token file that is missing, unreadable or empty refuses every
+  mutation (503, logged); it never reads as "no token". Reads stay open, as /metrics
+  and probes must.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hmac
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Protocol
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -30,10 +41,21 @@ from starlette.staticfiles import StaticFiles
 
 from reconciler import __version__, tasks, views
 from reconciler.actions import mirrors
-from reconciler.errors import InUse, NotFound, ReconcilerError, SpecError
+from reconciler.errors import AuthUnavailable, InUse, NotFound, ReconcilerError, SpecError
 from reconciler.metrics import CONTENT_TYPE, Metrics
 from reconciler.spec import API_VERSION, MirrorDoc
 from reconciler.state.stores import Store
+
+log = logging.getLogger("reconciler.api")
+
+# LIMITS: what keeps the API answering under load (see the module docstring).
+MAX_WAITERS = 32  # POST /api/reconcile?wait=1 requests waiting at once; each costs a socket, no thread
+WAIT_POLL = 0.1  # seconds between a waiter's looks at the loop's count of finished reconciles
+TASK_THREADS = 4  # tasks run by API requests at once (update, drop); each is a locked task anyway
+MAX_TASK_REQUESTS = 16  # such requests accepted at once, running or queued for one of those threads
+MAX_TOKEN_BYTES = 64 * 1024  # a bearer token file is a few dozen bytes
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a task id beyond it cannot exist
+MAX_KEY_PARTS = 64  # /api/publish/PREFIX/DIST tries each split, one query each
 
 
 class Controller(Protocol):
@@ -52,7 +74,11 @@ class Controller(Protocol):
 
     def declared_mirror(self, name: str) -> MirrorDoc | None: ...
 
-    def request(self, *, wait: bool = False, timeout: float | None = None) -> bool: ...
+    def request(self) -> int:
+        """Ask for a reconcile now; returns a ticket for `finished`."""
+
+    def finished(self, ticket: int) -> bool:
+        """Whether a reconcile that started after `request` returned `ticket` has ended."""
 
 
 def create_app(ctx: tasks.Context, controller: Controller, *, metrics: Metrics | None = None,
@@ -61,6 +87,8 @@ def create_app(ctx: tasks.Context, controller: Controller, *, metrics: Metrics |
                   description="Declarative Debian repositories: mirrors, snapshots and signed published trees.")
     app.add_exception_handler(ReconcilerError, _error)
     metrics = metrics or Metrics(ctx)
+    if token_file is not None:
+        read_token(token_file)  # refuse to start with a token file that would refuse every mutation
     auth = _bearer(token_file)
     _reads(app, ctx)
     _mutations(app, ctx, controller, metrics, auth)
@@ -71,25 +99,47 @@ def create_app(ctx: tasks.Context, controller: Controller, *, metrics: Metrics |
     return app
 
 
-def _error(request: Request, exc: ReconcilerError) -> JSONResponse:
-    """The one place domain errors become HTTP statuses."""
+async def _error(request: Request, exc: ReconcilerError) -> JSONResponse:
+    """The one place domain errors become HTTP statuses (async: a 404 needs no thread)."""
     body: dict = {"error": type(exc).__name__, "message": str(exc)}
     if isinstance(exc, InUse):
         body["users"] = exc.users
+        body["message"] = f"{exc.what} is in use by {', '.join(exc.users)}; pass ?force=1 to drop it anyway"
     if isinstance(exc, SpecError):
         body["issues"] = [str(i) for i in exc.issues]
     return JSONResponse(body, status_code=exc.http_status)
 
 
+def read_token(path: Path) -> str:
+    """The bearer token `path` holds now; AuthUnavailable when there is none to compare with."""
+    advice = "mutating API calls are refused until it holds the token"
+    if not path.is_file():  # missing, a dangling link, a directory, a FIFO (which would block the read)
+        what = "does not exist" if not path.exists() else "is not a regular file"
+        raise AuthUnavailable(f"--token-file {path} {what}; {advice}")
+    try:
+        with path.open("rb") as handle:
+            token = handle.read(MAX_TOKEN_BYTES + 1).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuthUnavailable(f"--token-file {path}: cannot read: {getattr(exc, 'strerror', None) or exc}; "
+                              f"{advice}") from None
+    if len(token) > MAX_TOKEN_BYTES:
+        raise AuthUnavailable(f"--token-file {path} is larger than {MAX_TOKEN_BYTES} bytes; {advice}")
+    if not token:
+        raise AuthUnavailable(f"--token-file {path} is empty or only whitespace; {advice}")
+    return token
+
+
 def _bearer(token_file: Path | None):
     scheme = HTTPBearer(auto_error=False, description="Needed by mutating endpoints when serve has --token-file")
-    if token_file is not None and not token_file.read_text().strip():
-        raise ReconcilerError(f"--token-file {token_file} is empty")
 
     def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
         if token_file is None:
             return
-        expected = token_file.read_text().strip().encode()
+        try:
+            expected = read_token(token_file).encode()
+        except AuthUnavailable as exc:
+            log.error("%s", exc)
+            raise
         given = credentials.credentials.encode() if credentials else b""
         if not hmac.compare_digest(given, expected):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -142,7 +192,8 @@ def _reads(app: FastAPI, ctx: tasks.Context) -> None:
 
     @app.get("/api/tasks/{task_id}", tags=["tasks"], summary="One task: state, output, error", responses={404: {}})
     def get_task(task_id: int, store: Store = connect) -> dict:
-        return _found(tasks.get_task(store, task_id), f"task {task_id}")
+        row = tasks.get_task(store, task_id) if 0 < task_id <= MAX_ID else None
+        return _found(row, f"task {task_id}")
 
 
 def _found(row, what: str):
@@ -154,6 +205,8 @@ def _found(row, what: str):
 def _publish_at(store: Store, key: str):
     """PREFIX/DIST, where both may hold slashes: try every split, the root prefix "." last."""
     parts = key.strip("/").split("/")
+    if len(parts) > MAX_KEY_PARTS:
+        return None
     for cut in range(1, len(parts)):
         row = store.publishes.at("/".join(parts[:cut]), "/".join(parts[cut:]))
         if row is not None:
@@ -161,43 +214,98 @@ def _publish_at(store: Store, key: str):
     return store.publishes.at(".", "/".join(parts))
 
 
+class _Bound:
+    """At most `limit` requests inside at once; the next is answered 429 at once.
+
+    Entered only from async endpoints, so only on the event loop's thread: no lock."""
+
+    def __init__(self, limit: int, what: str):
+        self.limit, self.what, self.inside = limit, what, 0
+
+    @contextlib.contextmanager
+    def enter(self) -> Iterator[None]:
+        if self.inside >= self.limit:
+            log.warning("refused a request: %d %s already (the limit)", self.inside, self.what)
+            raise HTTPException(429, f"{self.inside} {self.what} already; retry later",
+                                headers={"Retry-After": "10"})
+        self.inside += 1
+        try:
+            yield
+        finally:
+            self.inside -= 1
+
+
+class _TaskThreads:
+    """Threads of their own for requests that run a task, so a task waiting for a lock or
+    downloading never holds a thread that reads and /metrics need."""
+
+    def __init__(self) -> None:
+        self.bound = _Bound(MAX_TASK_REQUESTS, "requests running or waiting to run a task")
+        self.limiter: anyio.CapacityLimiter | None = None  # made on the event loop, on first use
+
+    async def run(self, fn: Callable[[], object]):
+        with self.bound.enter():
+            if self.limiter is None:
+                self.limiter = anyio.CapacityLimiter(TASK_THREADS)
+            return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
+
+
 def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics: Metrics, auth) -> None:
     guarded = [Depends(auth)]
+    threads = _TaskThreads()
+    waiters = _Bound(MAX_WAITERS, "requests waiting for a reconcile")
+
+    def timed(kind_op: tuple[str, str], fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            started = time.monotonic()
+            try:
+                return fn()
+            finally:
+                metrics.task_duration.labels(*kind_op).observe(time.monotonic() - started)
+        return run
 
     @app.post("/api/mirrors/{name}/update", tags=["mirrors"], dependencies=guarded,
-              responses={401: {}, 404: {}, 403: {}},
+              responses={401: {}, 404: {}, 403: {}, 429: {}, 503: {}},
               summary="Update one mirror now, as a task (the declared spec, else the stored one)")
-    def update_mirror(name: str, force: bool = False) -> dict:
-        doc, owner = _mirror_doc(ctx, controller, name)
-        started = time.monotonic()
-        try:
-            result = mirrors.sync(ctx, doc, owner=owner, force=force)
-        finally:
-            metrics.task_duration.labels("Mirror", "update").observe(time.monotonic() - started)
+    async def update_mirror(name: str, force: bool = False) -> dict:
+        def update():
+            doc, owner = _mirror_doc(ctx, controller, name)
+            return mirrors.sync(ctx, doc, owner=owner, force=force)
+
+        result = await threads.run(timed(("Mirror", "update"), update))
         return {"name": name, "message": result.line(), "result": dataclasses.asdict(result)}
 
     @app.delete("/api/mirrors/{name}", tags=["mirrors"], dependencies=guarded,
-                responses={401: {}, 404: {}, 403: {"description": "in use by snapshots (named), or protected"}},
+                responses={401: {}, 404: {}, 403: {"description": "in use by snapshots (named), or protected"},
+                           429: {}, 503: {}},
                 summary="Drop a mirror; refused while snapshots were taken from it unless force=1")
-    def drop_mirror(name: str, force: bool = False) -> dict:
-        started = time.monotonic()
-        try:
-            message = mirrors.drop(ctx, name, force=force)
-        finally:
-            metrics.task_duration.labels("Mirror", "drop").observe(time.monotonic() - started)
+    async def drop_mirror(name: str, force: bool = False) -> dict:
+        message = await threads.run(timed(("Mirror", "drop"), lambda: mirrors.drop(ctx, name, force=force)))
         warnings = []
         if controller.declared_mirror(name) is not None:
             warnings.append(f"mirror/{name} is still declared in the specs: the next reconcile creates it again")
         return {"name": name, "message": message, "warnings": warnings}
 
-    @app.post("/api/reconcile", tags=["reconcile"], dependencies=guarded, status_code=202, responses={401: {}},
+    @app.post("/api/reconcile", tags=["reconcile"], dependencies=guarded, status_code=202,
+              responses={401: {}, 429: {}, 503: {}, 504: {}},
               summary="Reconcile now; with wait=1, answer when that reconcile has finished")
-    def trigger(wait: bool = False, timeout: Annotated[float, Query(gt=0, le=3600)] = 600) -> JSONResponse:
+    async def trigger(request: Request, wait: bool = False,
+                      timeout: Annotated[float, Query(gt=0, le=3600)] = 600) -> Response:
         if controller.stopping:
             raise HTTPException(503, "shutting down")
-        finished = controller.request(wait=wait, timeout=timeout)
-        code = 202 if not wait else (200 if finished else 504)
-        return JSONResponse(controller.status(), status_code=code)
+        if not wait:
+            controller.request()
+            return JSONResponse(controller.status(), status_code=202)
+        with waiters.enter():
+            ticket = controller.request()
+            deadline = time.monotonic() + timeout
+            while not controller.finished(ticket):  # on the event loop: waiting holds no thread
+                if time.monotonic() >= deadline:
+                    return JSONResponse(controller.status(), status_code=504)
+                if await request.is_disconnected():  # gone: free the place for a client still waiting
+                    return Response(status_code=499)
+                await asyncio.sleep(WAIT_POLL)
+        return JSONResponse(controller.status(), status_code=200)
 
 
 def _mirror_doc(ctx: tasks.Context, controller: Controller, name: str) -> tuple[MirrorDoc, str]:
@@ -219,16 +327,16 @@ def _mirror_doc(ctx: tasks.Context, controller: Controller, name: str) -> tuple[
 def _operations(app: FastAPI, controller: Controller, metrics: Metrics) -> None:
     @app.get("/api/status", tags=["reconcile"],
              summary="Loop status: Ready/Reconciling/Stalled conditions, revisions, last plan, objects")
-    def status() -> dict:
+    async def status() -> dict:
         return controller.status()
 
     @app.get("/healthz", tags=["probes"], summary="Liveness: the process and its reconcile loop run")
-    def healthz() -> JSONResponse:
+    async def healthz() -> JSONResponse:
         alive = controller.alive
         return JSONResponse({"status": "ok" if alive else "reconcile loop died"}, status_code=200 if alive else 503)
 
     @app.get("/readyz", tags=["probes"], summary="Readiness: 200 once a reconcile has succeeded")
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         if controller.ready:
             return JSONResponse({"ready": True})
         ready = next(c for c in controller.status()["conditions"] if c["type"] == "Ready")
@@ -236,7 +344,7 @@ def _operations(app: FastAPI, controller: Controller, metrics: Metrics) -> None:
                             status_code=503)
 
     @app.get("/metrics", tags=["probes"], summary="Prometheus metrics (text format)")
-    def prometheus() -> Response:
+    def prometheus() -> Response:  # a plain def: the mirror gauge reads the database
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -413,7 +413,7 @@ def serve(
     Example: reconciler serve --git https://git.example/apt.git --ref main --path specs
     --git-token-file /etc/reconciler/git/token --interval 5m
     """
-    from reconciler import serve as server
+    from reconciler import api, serve as server
 
     if (specs is None) == (git is None):
         raise typer.BadParameter("give exactly one of --specs DIR or --git URL", param_hint="--specs/--git")
@@ -421,6 +421,11 @@ def serve(
         server.parse_listen(listen)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--listen") from None
+    if token_file is not None:
+        try:
+            api.read_token(token_file)  # before anything starts: a token file that refuses every mutation
+        except ReconcilerError as exc:
+            _fail(exc)
     if specs is not None:
         source = server.DirSource(specs)
     else:

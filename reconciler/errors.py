@@ -58,6 +58,13 @@ class InUse(ReconcilerError):
         super().__init__(f"{what} is in use by {', '.join(users)}; pass --force to drop it anyway")
 
 
+class AuthUnavailable(ReconcilerError):
+    """The API's token file is missing, unreadable or empty: every mutation is refused
+    (never let through) until it holds a token again."""
+
+    http_status = 503
+
+
 class Refused(ReconcilerError):
     """A guard refused the change (protect flag, removal gate, replay, name taken...)."""
 

@@ -6,12 +6,19 @@ should not have to push once per typo. It reads files and directories (recursive
 environment in string values, validates each document with the pydantic models, and
 then checks what only the whole set can show: duplicate names, references to
 undeclared objects and merge cycles.
+
+Inputs fail closed: a spec file that cannot be used (a dangling symlink, a directory or
+special file named `*.yaml`, an unreadable or emptied file, one over the limits below) is
+an error naming it, never a file skipped, because `apply` would read the objects it
+declared as no longer wanted and prune them. Only hidden paths are skipped (a ConfigMap
+mount's `..data` holds every file a second time).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +31,19 @@ from reconciler.errors import SpecError, SpecIssue
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+# Limits on one spec file. A real spec is a few KiB, nests about 5 deep and has some
+# hundred nodes per document; these are far above that and far below what hurts. They
+# make a hostile or broken file fail quickly with a message instead of eating memory or
+# the stack: aliases make a document a graph whose expansion can be exponential
+# ("billion laughs": 9 levels of 9 aliases are 10^9 nodes), and PyYAML constructs and
+# flattens merge keys (`<<: *prev`) recursively. The numbers follow from what pure-Python
+# PyYAML costs on a small machine: some 15,000-25,000 nodes and 0.15 MiB a second, so a
+# document is refused within about a second and a file within some seconds (without the
+# caps, an 8 MiB flat list ran for more than 2 minutes and took 1.2 GB before it was killed).
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64  # nesting of one document, counted through aliases and merge keys
+MAX_NODES = 20_000  # nodes of one document as written, and again with every alias expanded
+
 
 class LineDict(dict):
     """A mapping that remembers the line of each key (1-based)."""
@@ -33,19 +53,101 @@ class LineDict(dict):
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    """SafeLoader within the limits above: the composer refuses deep nesting before it
+    recurses and a document of too many nodes before it holds them all, and each
+    document's node graph is measured before anything is built from it."""
+
+    _depth = 0
+    _nodes = 0
+
+    def compose_document(self):
+        self._nodes = 0
+        return super().compose_document()
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            if self._nodes > MAX_NODES:
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_NODES} nodes in one document; "
+                                                  "a spec document needs far fewer", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def flatten_mapping(self, node):
+        """PyYAML's, also noting on the node how many of its pairs came in through `<<`
+        (flattening puts them first). Once per node: a node may be flattened first as
+        another's merge source, which removes its own merge keys."""
+        if not hasattr(node, "merged"):
+            own = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+            super().flatten_mapping(node)
+            node.merged = len(node.value) - own
+
+    def construct_document(self, node):
+        _check_size(node)
+        return super().construct_document(node)
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand beyond MAX_NODES nodes or MAX_DEPTH levels.
+
+    Each node's expanded size and height are computed once (memoised by identity), so
+    this costs one pass over the graph however large its expansion. The recursion itself
+    stops at MAX_DEPTH, which also refuses a recursive alias (`&a [*a]`)."""
+    seen: dict[int, tuple[int, int]] = {}
+
+    def refuse(node: yaml.Node, problem: str) -> None:
+        raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        if id(node) in seen:
+            return seen[id(node)]
+        if depth > MAX_DEPTH:
+            refuse(node, f"nested more than {MAX_DEPTH} levels deep once aliases and merge keys (<<) are expanded")
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        size, height = 1, 1
+        for child in children:
+            child_size, child_height = measure(child, depth + 1)
+            size, height = size + child_size, max(height, child_height + 1)
+            if size > MAX_NODES:
+                refuse(node, f"expands to more than {MAX_NODES} nodes through its aliases (*name) and merge keys "
+                             "(<<); a spec document needs far fewer")
+        if height > MAX_DEPTH:
+            refuse(node, f"nested more than {MAX_DEPTH} levels deep once aliases and merge keys (<<) are expanded")
+        seen[id(node)] = size, height
+        return size, height
+
+    measure(root, 1)
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     loader.flatten_mapping(node)
+    merged = node.merged
     result = LineDict()
     result.line = node.start_mark.line + 1
     result.lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in result:  # YAML says keys are unique; PyYAML would keep the last one silently
+    own_keys = set()
+    for index, (key_node, value_node) in enumerate(node.value):
+        if not isinstance(key_node, yaml.ScalarNode):
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {result.lines[key]})", key_node.start_mark)
+                None, None, "a mapping key must be a plain value, not a list or mapping", key_node.start_mark)
+        key = loader.construct_object(key_node, deep=True)
+        # YAML says keys are unique; PyYAML would keep the last one silently. A key merged
+        # in with `<<` is not a duplicate: the mapping's own key overrides it.
+        if index >= merged:
+            if key in own_keys:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {result.lines[key]})", key_node.start_mark)
+            own_keys.add(key)
         result[key] = loader.construct_object(value_node, deep=True)
         result.lines[key] = key_node.start_mark.line + 1
     return result
@@ -96,23 +198,29 @@ class _Raw:
 
 
 def spec_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[SpecIssue]]:
-    """Expand files and directories (recursively) into the list of spec files to read."""
+    """Expand files and directories (recursively) into the list of spec files to read.
+
+    Every visible `*.yaml`/`*.yml` entry is listed, whatever it is: `_read` reports one
+    that is not a readable regular file (a dangling symlink, a directory) instead of
+    letting it vanish from the desired state."""
     files: list[Path] = []
     issues: list[SpecIssue] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            # Hidden parts are skipped: a Kubernetes ConfigMap mount holds every file twice,
-            # once through `..data/` (hidden, timestamped) and once as the visible link.
-            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not found:
+            before = len(issues)
+            found = _walk(path, issues)
+            if not found and len(issues) == before:
                 issues.append(SpecIssue(str(path), 0, "", "", "no *.yaml or *.yml spec files in this directory"))
             files.extend(found)
         elif path.exists():
             files.append(path)
+        elif path.is_symlink():
+            issues.append(SpecIssue(str(path), 0, "", "", f"dangling symlink to {os.readlink(path)}"))
         else:
             issues.append(SpecIssue(str(path), 0, "", "", "no such file or directory"))
+    if not files and not issues:
+        issues.append(SpecIssue("-f", 0, "", "", "no spec files given; refusing to read that as 'declare nothing'"))
     return files, issues
 
 
@@ -156,6 +264,21 @@ def _origin_url(top: Path) -> str | None:
     return re.sub(r"//[^/@]*@", "//", url.decode("utf-8", "replace"))
 
 
+def _walk(root: Path, issues: list[SpecIssue]) -> list[Path]:
+    """The visible spec entries below `root`, sorted; a directory that cannot be listed is
+    an issue. Hidden parts are skipped: a Kubernetes ConfigMap mount holds every file
+    twice, once through `..data/` (hidden, timestamped) and once as the visible link."""
+    def refuse(exc: OSError) -> None:
+        issues.append(SpecIssue(str(exc.filename or root), 0, "", "", f"cannot list: {exc.strerror or exc}"))
+
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=refuse):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath, name) for name in dirnames + filenames
+                  if not name.startswith(".") and Path(name).suffix in (".yaml", ".yml")]
+    return sorted(found)
+
+
 def _substitute(value: object, env: Mapping[str, str], problems: list[str]) -> object:
     if isinstance(value, str):
         def repl(match: re.Match) -> str:
@@ -176,11 +299,47 @@ def _substitute(value: object, env: Mapping[str, str], problems: list[str]) -> o
     return value
 
 
+def _read_text(file: Path) -> str:
+    """The file's text; SpecReadError when it is not a regular file within MAX_FILE_BYTES.
+
+    Opened without blocking (a FIFO named *.yaml would hang the loader) and checked with
+    fstat on the open descriptor, so a swap between a check and the read cannot fool it."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        if file.is_symlink():
+            raise _Unusable(f"dangling symlink to {os.readlink(file)}") from None
+        raise _Unusable("no such file (it vanished while being read)") from None
+    except OSError as exc:
+        raise _Unusable(f"cannot read: {exc.strerror or exc}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise _Unusable("is a directory, not a spec file (rename it, or hide it with a leading dot)")
+        raise _Unusable("is not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise _Unusable(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise _Unusable(f"larger than {MAX_FILE_BYTES // 1024} KiB; spec files are small (split it)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unusable(f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+class _Unusable(Exception):
+    """A spec file that cannot be read as one (the message says why)."""
+
+
 def _read(file: Path, env: Mapping[str, str], issues: list[SpecIssue]) -> list[_Raw]:
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        issues.append(SpecIssue(str(file), 0, "", "", f"cannot read: {exc}"))
+        text = _read_text(file)
+    except _Unusable as exc:
+        issues.append(SpecIssue(str(file), 0, "", "", str(exc)))
         return []
     try:
         docs = list(yaml.load_all(text, Loader=_Loader))
@@ -189,6 +348,11 @@ def _read(file: Path, env: Mapping[str, str], issues: list[SpecIssue]) -> list[_
         line = mark.line + 1 if mark else 0
         problem = getattr(exc, "problem", None) or str(exc)
         issues.append(SpecIssue(str(file), line, "", "", f"malformed YAML: {problem}"))
+        return []
+    if all(doc is None for doc in docs):
+        issues.append(SpecIssue(str(file), 0, "", "", "no spec documents found (the file is empty, or only "
+                                "comments and ---); refusing to read that as 'declare nothing', which would drop "
+                                "what it declared (delete the file to drop its objects)"))
         return []
     raws = []
     for index, doc in enumerate(docs):
@@ -227,7 +391,7 @@ def _validate(raw: _Raw, issues: list[SpecIssue]) -> specs.MirrorDoc | specs.Sna
     if "kind" not in doc:
         issues.append(SpecIssue(str(raw.file), raw.line_of(()), obj, "kind", "missing (one of Mirror, Snapshot, Publish)"))
         return None
-    if doc["kind"] not in specs.KINDS:
+    if not isinstance(doc["kind"], str) or doc["kind"] not in specs.KINDS:
         issues.append(SpecIssue(str(raw.file), raw.line_of(("kind",)), obj, "kind",
                                 f"unknown kind {doc['kind']!r} (one of Mirror, Snapshot, Publish)"))
         return None
@@ -294,10 +458,6 @@ def load_specs(paths: Iterable[str | Path], env: Mapping[str, str] | None = None
             if doc is not None:
                 _add(result, _resolve_paths(doc, file.parent), raw, issues)
     _cross_check(result, issues)
-    if files and not result.origins and not issues:
-        issues.append(SpecIssue(", ".join(str(f) for f in files[:3]), 0, "", "",
-                                "no spec documents found; refusing to read that as 'declare nothing', "
-                                "which would drop every object"))
     errors = [i for i in issues if not i.warning]
     result.warnings = [i for i in issues if i.warning]
     if errors:

@@ -76,6 +76,9 @@ def spec_revision(root: Path) -> str:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # ConfigMap: ..data, ..2026_...
         for name in sorted(f for f in filenames if not f.startswith(".")):
             path = Path(dirpath, name)
+            if not path.is_file():  # dangling link, FIFO: not read here (it would block); load() reports it
+                digest.update(f"{path.relative_to(root).as_posix()}\0-\n".encode())
+                continue
             try:
                 content = hashlib.sha256(path.read_bytes()).hexdigest()
             except OSError:
@@ -139,7 +142,7 @@ class Controller:
         self.ready = False
         self.stop_event = threading.Event()
         self.stopped_at: float | None = None
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._manual = False
         self._running = False
@@ -168,15 +171,18 @@ class Controller:
         specs = self.specs
         return specs.mirrors.get(name) if specs else None
 
-    def request(self, *, wait: bool = False, timeout: float | None = None) -> bool:
-        """Ask for a reconcile now; with `wait`, block until one that started after this call ended."""
+    def request(self) -> int:
+        """Ask for a reconcile now; returns the ticket `finished` takes. Never blocks: the API
+        waits on its event loop, holding no thread (api module docstring)."""
         with self._lock:
-            target = self._completed + (2 if self._running else 1)
             self._manual = True
             self._wake.set()
-            if not wait:
-                return True
-            return self._lock.wait_for(lambda: self._completed >= target or self.stop_event.is_set(), timeout)
+            return self._completed + (2 if self._running else 1)
+
+    def finished(self, ticket: int) -> bool:
+        """Whether a reconcile that started after `request` returned `ticket` has ended
+        (or shutdown began: none will)."""
+        return self._completed >= ticket or self.stop_event.is_set()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -191,8 +197,6 @@ class Controller:
             log.info("stopping: no new tasks; waiting for the running one")
         self.stop_event.set()
         self._wake.set()
-        with self._lock:
-            self._lock.notify_all()
 
     def run(self) -> None:
         next_due = 0.0
@@ -245,7 +249,6 @@ class Controller:
             self._status.end(outcome, failures=self._failures + (0 if outcome.ok else 1))
             self._running = False
             self._completed += 1
-            self._lock.notify_all()
         return outcome.ok
 
     def _reconcile(self, checked: str | None, error: ReconcilerError | None) -> _Outcome:

@@ -189,6 +189,7 @@ def test_drop_in_use_is_403_and_changes_nothing_force_keeps_the_snapshot(tmp_pat
     assert refused.status_code == 403
     assert refused.json()["users"] == ["snapshot/snap"]
     assert "snapshot/snap" in refused.json()["message"]
+    assert "pass ?force=1 to drop it anyway" in refused.json()["message"]  # the API's words, not the CLI's
     assert [server.get(p).json() for p in ("/api/mirrors", "/api/snapshots", "/api/publish")] == before
 
     assert server.delete("/api/mirrors/nope").status_code == 404
