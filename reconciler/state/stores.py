@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,8 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import sqlite_utils
+from pydantic import BaseModel, ValidationError
 
 from reconciler.debian.package import Package, PackageFile
+from reconciler.errors import StateError
+from reconciler.spec import MirrorSpec, PublishSpec, SnapshotSpec
 
 CHUNK = 500
 
@@ -30,6 +34,32 @@ def now() -> str:
 def _chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+RESTORE = "restore state.db from a backup"
+
+
+def _stored_json(what: str, column: str, text: str | None, default: object = None) -> object:
+    """A JSON column of a stored row; a value that does not parse names the object."""
+    if not text and default is not None:
+        return default
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise StateError(f"{what}: stored {column} is not valid JSON ({exc}); {RESTORE}") from None
+
+
+def _stored_spec(what: str, text: str, model: type[BaseModel]) -> dict:
+    """The spec column of a mirror, snapshot or publish row, checked against its model
+    (the row keeps its dict: later code compares it as stored)."""
+    spec = _stored_json(what, "spec", text)
+    try:
+        model.model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise StateError(f"{what}: stored spec is not a valid spec ({where}: {first['msg']}); {RESTORE}") from None
+    return spec
 
 
 def _json_ids(ids: Sequence[int]) -> str:
@@ -128,7 +158,20 @@ class PackageLists:
         if digest is None:
             return array("q")
         row = self.db.execute("SELECT ids FROM package_lists WHERE digest = ?", (digest,)).fetchone()
-        return self.decode(row[0]) if row else array("q")
+        if not row:
+            return array("q")
+        try:
+            return self.decode(row[0])
+        except (zlib.error, ValueError, TypeError) as exc:
+            raise StateError(f"{self._owners(digest)}: the stored package list {digest[:12]} does not decode "
+                             f"({exc}); {RESTORE}") from None
+
+    def _owners(self, digest: str) -> str:
+        """Who names a list, for an error message about it."""
+        names = [r[0] for r in self.db.execute(
+            "SELECT 'mirror/' || name FROM mirrors WHERE list_digest = ?"
+            " UNION SELECT 'snapshot/' || name FROM snapshots WHERE list_digest = ? ORDER BY 1", (digest, digest))]
+        return ", ".join(names) or f"package list {digest[:12]}"
 
     def prune(self) -> int:
         """Drop lists no mirror or snapshot names any more."""
@@ -181,9 +224,13 @@ class Packages:
 
     @staticmethod
     def _package(row: tuple) -> Package:
-        _id, type_, name, version, arch, fields, files = row
-        return Package(type_, name, version, arch, json.loads(fields),
-                       tuple(PackageFile(p, s, h) for p, s, h in json.loads(files)))
+        id_, type_, name, version, arch, fields, files = row
+        what = f"package {name}_{version}_{arch} (id {id_})"
+        try:
+            return Package(type_, name, version, arch, _stored_json(what, "fields", fields),
+                           tuple(PackageFile(p, s, h) for p, s, h in _stored_json(what, "files", files)))
+        except (TypeError, ValueError) as exc:  # valid JSON of the wrong shape
+            raise StateError(f"{what}: stored files or fields have the wrong shape ({exc}); {RESTORE}") from None
 
     def load(self, ids: Iterable[int]) -> Iterator[tuple[int, Package]]:
         """Packages by id, a chunk at a time (memory follows the chunk, not the list)."""
@@ -223,16 +270,36 @@ class Packages:
     def source_files(self, ids: Sequence[int]) -> Iterator[tuple[str, str]]:
         """(source name, file path) of every file of the packages, without decoding any
         control stanza: SQLite takes the paths out of the stored JSON."""
-        yield from self.db.conn.execute(
-            "SELECT p.source, json_extract(f.value, '$[0]') FROM packages p, json_each(p.files) f"
-            " WHERE p.id IN (SELECT value FROM json_each(?))", (_json_ids(ids),))
+        try:
+            cursor = self.db.conn.execute(
+                "SELECT p.source, json_extract(f.value, '$[0]') FROM packages p, json_each(p.files) f"
+                " WHERE p.id IN (SELECT value FROM json_each(?))", (_json_ids(ids),))
+            try:
+                yield from cursor
+            finally:
+                cursor.close()
+        except sqlite3.OperationalError as exc:
+            if "JSON" in str(exc):
+                self._malformed(ids)
+            raise
+
+    def _malformed(self, ids: Sequence[int]) -> None:
+        """Name the package whose stored files SQLite could not read as JSON."""
+        bad = self.db.conn.execute(
+            "SELECT id, name, version, arch FROM packages WHERE id IN (SELECT value FROM json_each(?))"
+            " AND NOT json_valid(files) LIMIT 1", (_json_ids(ids),)).fetchone()
+        if bad:
+            id_, name, version, arch = bad
+            raise StateError(f"package {name}_{version}_{arch} (id {id_}): stored files is not valid JSON; "
+                             f"{RESTORE}")
 
     def files(self, ids: Iterable[int]) -> Iterator[tuple[str, int, str]]:
         """(sha256, size, path) of every file of the given packages."""
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
-            for (files,) in self.db.execute(f"SELECT files FROM packages WHERE id IN ({marks})", chunk):
-                for path, size, sha in json.loads(files):
+            for id_, key, files in self.db.execute(f"SELECT id, key, files FROM packages WHERE id IN ({marks})",
+                                                    chunk):
+                for path, size, sha in _stored_json(f"package {key} (id {id_})", "files", files):
                     yield sha, size, path
 
 
@@ -246,8 +313,9 @@ class Mirrors:
     @staticmethod
     def _row(row: dict) -> MirrorRow:
         row = dict(row)
-        row["spec"] = json.loads(row["spec"])
-        row["upstream"] = json.loads(row["upstream"] or "{}")
+        what = f"mirror/{row['name']}"
+        row["spec"] = _stored_spec(what, row["spec"], MirrorSpec)
+        row["upstream"] = _stored_json(what, "upstream", row["upstream"], {})
         row["protect"], row["update_complete"] = bool(row["protect"]), bool(row["update_complete"])
         return MirrorRow(**row)
 
@@ -295,8 +363,9 @@ class Snapshots:
     @staticmethod
     def _row(row: dict) -> SnapshotRow:
         row = dict(row)
-        row["spec"] = json.loads(row["spec"])
-        row["source_snapshots"] = json.loads(row["source_snapshots"] or "[]")
+        what = f"snapshot/{row['name']}"
+        row["spec"] = _stored_spec(what, row["spec"], SnapshotSpec)
+        row["source_snapshots"] = _stored_json(what, "source_snapshots", row["source_snapshots"], [])
         row["protect"] = bool(row["protect"])
         return SnapshotRow(**row)
 
@@ -350,8 +419,9 @@ class Publishes:
 
     def _row(self, row: dict) -> PublishRow:
         row = dict(row)
-        row["spec"] = json.loads(row["spec"])
-        row["sources"] = json.loads(row["sources"])
+        what = f"publish/{row['name']}"
+        row["spec"] = _stored_spec(what, row["spec"], PublishSpec)
+        row["sources"] = _stored_json(what, "sources", row["sources"])
         row["protect"] = bool(row["protect"])
         count = 0
         for snap in set(row["sources"].values()):
