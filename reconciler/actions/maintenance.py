@@ -104,6 +104,7 @@ def verify(ctx: tasks.Context, *, deep: bool = False) -> list[str]:
     db = ctx.connect()
     problems = [f"state.db: {p}" for p in statedb.integrity_problems(db)]
     store = Store(db)
+    problems += [f"state.db: {p}" for p in store.problems()]
     seen: set[str] = set()
     for digest in _live_lists(db):
         for sha, size, path in store.packages.files(store.lists.ids(digest)):

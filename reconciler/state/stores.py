@@ -465,6 +465,14 @@ class Publishes:
         self.db.execute("DELETE FROM publishes WHERE name = ?", (name,))
 
 
+def _error_of(load, *args) -> list[str]:
+    try:
+        load(*args)
+    except StateError as exc:
+        return [str(exc)]
+    return []
+
+
 class Store:
     """All stores over one connection: what a task's function receives."""
 
@@ -475,6 +483,19 @@ class Store:
         self.publishes = Publishes(db)
         self.packages = Packages(db)
         self.lists = PackageLists(db)
+
+    def problems(self) -> list[str]:
+        """Every stored row that does not decode (JSON, specs, list blobs): what verify reports."""
+        found = []
+        for table, store in (("mirrors", self.mirrors), ("snapshots", self.snapshots), ("publishes", self.publishes)):
+            for (name,) in self.db.execute(f"SELECT name FROM {table} ORDER BY name"):
+                found += _error_of(store.get, name)
+        for (digest,) in self.db.execute("SELECT digest FROM package_lists ORDER BY digest"):
+            found += _error_of(self.lists.ids, digest)
+        for id_, key in self.db.execute("SELECT id, key FROM packages WHERE NOT json_valid(fields)"
+                                        " OR NOT json_valid(files) ORDER BY id"):
+            found.append(f"package {key} (id {id_}): stored fields or files are not valid JSON; {RESTORE}")
+        return found
 
     def record_pool_file(self, sha256: str, size: int) -> None:
         self.db.execute("INSERT OR IGNORE INTO pool_files (sha256, size, imported_at) VALUES (?, ?, ?)",
