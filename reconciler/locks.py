@@ -120,16 +120,16 @@ def alive(pid: int, identity: str) -> bool:
 # was left by a release that could not write (a full disk) and holds nothing.
 _ACTIVE: set[str] = set()
 _ACTIVE_LOCK = threading.Lock()
-
-
-_OWN: dict[int, str] = {}
+_OWN: dict[int, str] = {}  # this process's identity, by pid (a forked child has its own)
 
 
 def _holding(pid: int, identity: str, holder: str) -> bool:
     """Is the holder of a row alive and holding? For this process: is the id active."""
-    if pid == os.getpid() and identity == _OWN.setdefault(pid, process_identity(pid)):
-        with _ACTIVE_LOCK:
-            return holder in _ACTIVE
+    if pid == os.getpid():
+        own = _OWN.get(pid) or _OWN.setdefault(pid, process_identity(pid))
+        if identity == own:
+            with _ACTIVE_LOCK:
+                return holder in _ACTIVE
     return alive(pid, identity)
 
 

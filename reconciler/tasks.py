@@ -169,7 +169,11 @@ def published_releases(directory: Path, *, limit: int, depth: int = 6) -> list[P
     except OSError:
         return found
     if "dists" in names:
-        for dist in sorted((directory / "dists").iterdir()):
+        try:
+            dists = sorted((directory / "dists").iterdir())
+        except OSError:
+            dists = []
+        for dist in dists:
             if (dist / "Release").is_file() or (dist / "InRelease").is_file():
                 found.append(dist / "Release")
     if depth > 0:
