@@ -2,10 +2,15 @@
 
 gc takes the pool lock exclusively: every task that imports or relies on pool files
 holds it shared, so gc can never delete a file imported a moment ago and not yet
-named by a list. gc deletes only what the database can account for: files it recorded
-in `pool_files` that no list names. A file it never recorded may belong to a state
-that was lost or restored from an older backup, so it stays unless asked for. The live set goes into a temporary SQLite table rather than a Python
+named by a list. The live set goes into a temporary SQLite table rather than a Python
 set, so gc's memory does not grow with the size of the pool.
+
+gc deletes only what the database can account for: files it recorded in `pool_files`
+that no list names. A file it never recorded may belong to a state that was lost or
+restored from an older backup, so it stays unless asked for (an update killed before
+its last batch was recorded leaves such files too; the next update of a mirror that
+wants them records them). A database that names no mirror and no snapshot beside a
+pool with files is refused outright.
 """
 
 from __future__ import annotations
