@@ -294,6 +294,10 @@ CORRUPTIONS = {
     "list blob": ("UPDATE package_lists SET ids = x'00ff00ff'", "does not decode"),
     "package files": ("UPDATE packages SET files = '[[1' WHERE name = 'basesys'",
                       "stored files is not valid JSON"),
+    "package files shape": ("UPDATE packages SET files = '[1]' WHERE name = 'basesys'",
+                            "stored files are not a list of [path, size, sha256]"),
+    "package fields": ("UPDATE packages SET fields = 'nope' WHERE name = 'basesys'",
+                       "stored fields or files are not valid JSON"),
 }
 COMMANDS = {
     "list": lambda r: ["list", "mirrors"], "list-s": lambda r: ["list", "snapshots"],
@@ -308,6 +312,8 @@ MUST_FAIL = {
     "publish spec not a spec": {"list-p", "plan", "apply", "verify"},
     "list blob": {"verify"},
     "package files": {"verify"},
+    "package files shape": {"verify"},
+    "package fields": {"verify"},
 }
 
 

@@ -62,6 +62,16 @@ def _stored_spec(what: str, text: str, model: type[BaseModel]) -> dict:
     return spec
 
 
+def _stored_files(what: str, text: str) -> list[tuple[str, int, str]]:
+    """A package row's files column: [[path, size, sha256], ...]."""
+    files = _stored_json(what, "files", text)
+    if not isinstance(files, list) or not all(
+            isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) and isinstance(f[1], int)
+            and isinstance(f[2], str) for f in files):
+        raise StateError(f"{what}: stored files are not a list of [path, size, sha256]; {RESTORE}")
+    return files
+
+
 def _json_ids(ids: Sequence[int]) -> str:
     """Ids as one JSON array parameter: `IN (SELECT value FROM json_each(?))` takes any count."""
     return json.dumps(list(ids))
@@ -226,11 +236,11 @@ class Packages:
     def _package(row: tuple) -> Package:
         id_, type_, name, version, arch, fields, files = row
         what = f"package {name}_{version}_{arch} (id {id_})"
-        try:
-            return Package(type_, name, version, arch, _stored_json(what, "fields", fields),
-                           tuple(PackageFile(p, s, h) for p, s, h in _stored_json(what, "files", files)))
-        except (TypeError, ValueError) as exc:  # valid JSON of the wrong shape
-            raise StateError(f"{what}: stored files or fields have the wrong shape ({exc}); {RESTORE}") from None
+        stanza = _stored_json(what, "fields", fields)
+        if not isinstance(stanza, dict):
+            raise StateError(f"{what}: stored fields are not a JSON object; {RESTORE}")
+        return Package(type_, name, version, arch, stanza,
+                       tuple(PackageFile(p, s, h) for p, s, h in _stored_files(what, files)))
 
     def load(self, ids: Iterable[int]) -> Iterator[tuple[int, Package]]:
         """Packages by id, a chunk at a time (memory follows the chunk, not the list)."""
@@ -299,7 +309,7 @@ class Packages:
             marks = ",".join("?" * len(chunk))
             for id_, key, files in self.db.execute(f"SELECT id, key, files FROM packages WHERE id IN ({marks})",
                                                     chunk):
-                for path, size, sha in _stored_json(f"package {key} (id {id_})", "files", files):
+                for path, size, sha in _stored_files(f"package {key} (id {id_})", files):
                     yield sha, size, path
 
 
