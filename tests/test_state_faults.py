@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -17,11 +18,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from reconciler import tasks
 from reconciler.cli import app
+from reconciler.errors import LockTimeout
 from tests.support.cli import reconciler as cli
 from tests.support.cli import start
 from tests.support.serveproc import Server
 from tests.support.specs import mirror as mirror_spec
+from tests.test_tasks import start_holder
 
 SNAPSHOT = """\
 ---
@@ -281,6 +285,23 @@ def test_a_removed_locks_directory_keeps_a_running_apply_locked(tmp_path, http_a
     assert per_file and max(per_file.values()) == 1, per_file
     assert cli(root.root, "verify", "--deep").returncode == 0
     assert root.sql("SELECT count(*) FROM locks") == [(0,)]
+
+
+def test_a_sigkilled_holder_leaves_no_lock_even_with_its_lock_file_gone(tmp_path):
+    """The claim row of a dead holder is removed by the next claimant: crash safety holds
+    for the second mechanism too."""
+    holder = start_holder(tmp_path, "mirror/m", 600, tmp_path / "never")
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        shutil.rmtree(tmp_path / "locks")
+        with pytest.raises(LockTimeout, match="hold mirror/m"):
+            tasks.run(tasks.Context(tmp_path, lock_timeout=0.5), "early", ["mirror/m"], lambda t: None)
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    ctx = tasks.Context(tmp_path, lock_timeout=5)
+    assert tasks.run(ctx, "after", ["mirror/m"], lambda t: "ran") == "ran"
+    assert ctx.store().db.execute("SELECT count(*) FROM locks").fetchone()[0] == 0
 
 
 # -- 4. semantically corrupt rows are errors naming the object -------------------------
