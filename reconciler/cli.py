@@ -33,13 +33,22 @@ FilesOpt = Annotated[list[Path], typer.Option("-f", "--file", help="Spec file or
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable shape)")]
 
 
-def _context():
+def _context(*, read_only: bool = False):
+    """The root's context, its state checked: a lost state is refused here, before any work.
+
+    Read-only commands create nothing: on a root without state they read an empty one
+    and say so on stderr."""
     from reconciler.tasks import Context
 
     progress = None
     if sys.stderr.isatty():
         from reconciler.progress import RichProgress as progress
-    return Context(STATE.root, publish_root=STATE.publish_root, progress=progress)
+    ctx = Context(STATE.root, publish_root=STATE.publish_root, progress=progress, create=not read_only)
+    ctx.store()
+    if read_only and not ctx.has_state():
+        typer.echo(f"note: {ctx.root} has no state yet (no state.db): it reads as empty; nothing was created",
+                   err=True)
+    return ctx
 
 
 def _fail(exc: ReconcilerError) -> None:
@@ -103,7 +112,7 @@ class Kind(str, Enum):
 
 def _list(kind: str, as_json: bool) -> None:
     try:
-        store = _context().store()
+        store = _context(read_only=True).store()
         attr, view = views.rows_for(kind)
         items = [view(r) for r in getattr(store, attr).list()]
     except ReconcilerError as exc:
@@ -156,7 +165,7 @@ def show(kind: Kind, name: str, as_json: JsonOpt = False) -> None:
     from reconciler.errors import NotFound
 
     try:
-        store = _context().store()
+        store = _context(read_only=True).store()
         attr, view = views.rows_for(kind.value)
         row = getattr(store, attr).get(name)
         if row is None:
@@ -249,7 +258,7 @@ def plan(files: FilesOpt, as_json: JsonOpt = False,
 
     try:
         specs = _load(files)
-        the_plan = make_plan(_context(), specs, _options(owner, force, replace, files, take_over))
+        the_plan = make_plan(_context(read_only=True), specs, _options(owner, force, replace, files, take_over))
     except ReconcilerError as exc:
         _fail(exc)
     typer.echo(_render_plan(the_plan, Format.json if as_json else fmt, verbose=verbose))
@@ -273,7 +282,7 @@ def apply(files: FilesOpt, force: ForceOpt = False,
         specs = _load(files)
         options = _options(owner, force, replace, files, take_over)
         if dry_run:
-            typer.echo(_render_plan(make_plan(_context(), specs, options), Format.text))
+            typer.echo(_render_plan(make_plan(_context(read_only=True), specs, options), Format.text))
             return
         report = apply_specs(_context(), specs, options, echo=typer.echo)
     except ReconcilerError as exc:
@@ -284,15 +293,18 @@ def apply(files: FilesOpt, force: ForceOpt = False,
 
 
 @app.command()
-def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted")] = False) -> None:
-    """Delete pool files no mirror or snapshot refers to; report the bytes freed.
+def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted")] = False,
+       include_unrecorded: Annotated[bool, typer.Option(
+           "--include-unrecorded", help="Also delete unreferenced pool files state.db never recorded")] = False
+       ) -> None:
+    """Delete pool files state.db recorded and no mirror or snapshot refers to; report the bytes freed.
 
     Example: reconciler gc --dry-run
     """
     from reconciler.actions.maintenance import gc as run_gc
 
     try:
-        report = run_gc(_context(), dry_run=dry_run)
+        report = run_gc(_context(), dry_run=dry_run, include_unrecorded=include_unrecorded)
     except ReconcilerError as exc:
         _fail(exc)
     for path in report.paths:
@@ -309,7 +321,7 @@ def verify(deep: Annotated[bool, typer.Option("--deep", help="Also re-hash every
     from reconciler.actions.maintenance import verify as run_verify
 
     try:
-        problems = run_verify(_context(), deep=deep)
+        problems = run_verify(_context(read_only=True), deep=deep)
     except ReconcilerError as exc:
         _fail(exc)
     for problem in problems:
@@ -331,7 +343,7 @@ def diff(kind: Annotated[str, typer.Argument(help="snapshot")], a: str, b: str, 
         typer.echo("error: only `diff snapshot A B` is supported", err=True)
         raise typer.Exit(1)
     try:
-        result = snapshot_diff(_context().store(), a, b)
+        result = snapshot_diff(_context(read_only=True).store(), a, b)
     except ReconcilerError as exc:
         _fail(exc)
     if as_json:

@@ -1,18 +1,29 @@
 """Resource keys, their canonical order, and locks that hold across threads and processes.
 
-A lock is `flock(2)` on one file per key under `ROOT/locks/`. The kernel releases it when
-the holder's file descriptor closes, which includes the holder being killed with
-SIGKILL, so a crash can never leave a lock held. Each acquisition opens its own file
-description, so two threads of one process exclude each other exactly like two
-processes do.
+A lock is two independent mechanisms, and a key is held only when both grant it:
+
+- `flock(2)` on one file per key under `ROOT/locks/`. The kernel releases it when the
+  holder's descriptor closes, which includes the holder being killed with SIGKILL.
+  Each acquisition opens its own file description, so two threads of one process
+  exclude each other exactly like two processes do. After the flock is granted, the
+  path must still name the inode that was locked (else the file was unlinked while we
+  waited, and the lock is taken again on the file that is there now).
+- a row in the state database's `locks` table, claimed inside one BEGIN IMMEDIATE
+  transaction: a key is granted only when no live holder of a conflicting claim has a
+  row (for the pool key, shared claims do not conflict with each other). A holder is
+  its pid plus its process identity (host and start time, so a recycled pid is not
+  mistaken for it); rows of processes that are gone are deleted by the next claimant,
+  so a SIGKILLed holder never leaves a key held.
+
+The flock alone is lost when `ROOT/locks/` is removed under a running task: the next
+process creates a new file and locks that. The row alone would make waiting a poll on
+the database. Together a lock stays a lock whatever happens to its file.
 
 Deadlock is avoided by order: a task names all its keys up front and they are taken in
-one canonical order (`KINDS` rank, then the key text). The `pool` key is special: every
-task that adds pool files or relies on them takes it shared; `gc` takes it exclusive, so
-gc can never delete a file a running task has just imported but not yet recorded.
-
-The `locks` table mirrors who holds what, for messages and the API; the flock is the
-truth, and rows of processes that are gone are ignored.
+one canonical order (`KINDS` rank, then the key text), each key by both mechanisms
+before the next. The `pool` key is special: every task that adds pool files or relies
+on them takes it shared; `gc` takes it exclusive, so gc can never delete a file a
+running task has just imported but not yet recorded.
 """
 
 from __future__ import annotations
@@ -20,14 +31,19 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import sqlite3
+import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from reconciler.errors import LockTimeout
+from reconciler.state import db as statedb
 
 KINDS = ("owner", "pool", "series", "mirror", "snapshot", "publish", "prefix")
 POOL = "pool"
@@ -74,6 +90,8 @@ class Holder:
     description: str
     pid: int
     host: str
+    identity: str = ""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def text(self) -> str:
         return f"{self.description} (pid {self.pid} on {self.host})"
@@ -103,52 +121,165 @@ def alive(pid: int, identity: str) -> bool:
     return process_identity(pid) == identity
 
 
+# Holder ids this process holds right now: a row of this process whose id is not here
+# was left by a release that could not write (a full disk) and holds nothing.
+_ACTIVE: set[str] = set()
+_ACTIVE_LOCK = threading.Lock()
+_OWN: dict[int, str] = {}  # this process's identity, by pid (a forked child has its own)
+
+
+def _holding(pid: int, identity: str, holder: str) -> bool:
+    """Is the holder of a row alive and holding? For this process: is the id active."""
+    if pid == os.getpid():
+        own = _OWN.get(pid) or _OWN.setdefault(pid, process_identity(pid))
+        if identity == own:
+            with _ACTIVE_LOCK:
+                return holder in _ACTIVE
+    return alive(pid, identity)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Does `path` still name the file `fd` has open (not unlinked, not replaced)?"""
+    try:
+        now, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _backoff(delay: float) -> float:
+    time.sleep(delay)
+    return min(delay * 2, 0.25)
+
+
 class Locks:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
         return self.directory / (urllib.parse.quote(key, safe="") + ".lock")
 
-    def holder_of(self, key: str) -> str:
+    def _open(self, path: Path) -> int:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the first lock on this root, or the directory was removed
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def holder_of(self, key: str, db=None) -> str:
+        """Who holds `key`: a live row of the table if there is one, else the lock file's text."""
+        if db is not None:
+            for row in _rows(db, key):
+                if _holding(row["pid"], row["identity"], row["holder"]):
+                    return _describe(row)
         try:
             text = self._path(key).read_text().strip()
         except OSError:
             text = ""
         return text or "another process"
 
-    @contextmanager
-    def _one(self, key: str, *, shared: bool, deadline: float, holder: Holder) -> Iterator[None]:
-        fd = os.open(self._path(key), os.O_RDWR | os.O_CREAT, 0o644)
+    def _flock(self, key: str, *, shared: bool, deadline: float, db) -> int:
+        """An open descriptor on the key's file, flocked, the file still in place."""
+        path = self._path(key)
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        delay = 0.01
+        while True:
+            fd = self._open(path)
+            try:
+                fcntl.flock(fd, mode)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"timed out waiting for lock {key}: held by {self.holder_of(key, db)}") from None
+                delay = _backoff(delay)
+                continue
+            if _same_file(fd, path):
+                return fd
+            os.close(fd)  # unlinked while we waited: whoever comes next locks the new file
+
+    def _claim(self, db, key: str, *, shared: bool, deadline: float, holder: Holder, task_id: int | None) -> None:
+        """Insert our row for `key` once no live conflicting holder has one."""
+        delay = 0.01
+        while True:
+            with statedb.transaction(db):
+                blocking = _conflicts(db, key, shared=shared, holder=holder)
+                if not blocking:
+                    db.execute("INSERT INTO locks (key, holder, shared, task_id, pid, identity, description,"
+                               " acquired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               (key, holder.id, int(shared), task_id, holder.pid, holder.identity,
+                                holder.description, datetime.now(timezone.utc).isoformat(timespec="seconds")))
+                    with _ACTIVE_LOCK:
+                        _ACTIVE.add(holder.id)
+                    return
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"timed out waiting for lock {key}: held by {_describe(blocking[0])}")
+            delay = _backoff(delay)
+
+    @staticmethod
+    def _release(db, key: str, holder: Holder) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(holder.id)
         try:
-            mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
-            delay = 0.01
-            while True:
-                try:
-                    fcntl.flock(fd, mode)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockTimeout(f"timed out waiting for lock {key}: held by {self.holder_of(key)}") from None
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.25)
+            db.execute("DELETE FROM locks WHERE key = ? AND holder = ?", (key, holder.id))
+        except sqlite3.OperationalError:
+            pass  # a full or read-only disk: the row names an id this process no longer holds
+
+    @contextmanager
+    def _one(self, key: str, *, shared: bool, deadline: float, holder: Holder, db,
+             task_id: int | None) -> Iterator[None]:
+        fd = self._flock(key, shared=shared, deadline=deadline, db=db)
+        try:
             if not shared:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, holder.text().encode() + b"\n", 0)
-            yield
+            if db is None:
+                yield
+                return
+            self._claim(db, key, shared=shared, deadline=deadline, holder=holder, task_id=task_id)
+            try:
+                yield
+            finally:
+                self._release(db, key, holder)
         finally:
             os.close(fd)  # releases the flock
 
     @contextmanager
     def hold(self, keys: Iterable[str], *, timeout: float, description: str,
-             shared: Iterable[str] = ()) -> Iterator[list[str]]:
-        """Take every key in canonical order (shared ones shared), release all on exit."""
-        holder = Holder(description, os.getpid(), socket.gethostname())
+             shared: Iterable[str] = (), db=None, task_id: int | None = None) -> Iterator[list[str]]:
+        """Take every key in canonical order (shared ones shared), release all on exit.
+
+        With `db` (a state connection outside any transaction) each key is also claimed
+        in the `locks` table; without it only the flock guards the key."""
+        holder = Holder(description, os.getpid(), socket.gethostname(), process_identity())
         shared = set(shared)
         ordered = order([*keys, *shared])
         deadline = time.monotonic() + timeout
         with ExitStack() as stack:
             for key in ordered:
-                stack.enter_context(self._one(key, shared=key in shared, deadline=deadline, holder=holder))
+                stack.enter_context(self._one(key, shared=key in shared, deadline=deadline, holder=holder,
+                                              db=db, task_id=task_id))
             yield ordered
+
+
+def _rows(db, key: str) -> list[dict]:
+    cursor = db.conn.execute("SELECT * FROM locks WHERE key = ?", (key,))
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r)) for r in cursor.fetchall()]
+
+
+def _conflicts(db, key: str, *, shared: bool, holder: Holder) -> list[dict]:
+    """Live rows that keep `holder` from `key`; rows of holders that are gone are deleted."""
+    live = []
+    for row in _rows(db, key):
+        if row["holder"] == holder.id or (shared and row["shared"]):
+            continue
+        if _holding(row["pid"], row["identity"], row["holder"]):
+            live.append(row)
+        else:
+            db.execute("DELETE FROM locks WHERE key = ? AND holder = ?", (key, row["holder"]))
+    return live
+
+
+def _describe(row: dict) -> str:
+    host = row["identity"].split(":", 1)[0] or "?"
+    return f"{row['description']} (pid {row['pid']} on {host})"

@@ -59,12 +59,12 @@ def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
 
 
 def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> tuple[planner.Probe, list | None]:
-    release = upstream.read_release(fetcher, doc.spec, workdir=ctx.root / "tmp")
+    release = upstream.read_release(fetcher, doc.spec, workdir=ctx.local("tmp"))
     wanted = doc.spec.model_dump(mode="json")
     if (row is not None and row.update_complete and row.release_sha256 == release.sha256
             and mirrors.content(row.spec) == mirrors.content(wanted)):
         return planner.Probe(changed=False, packages=row.num_packages), None
-    packages = upstream.read_packages(fetcher, release, doc.spec, cache=ctx.root / "cache" / "indexes")
+    packages = upstream.read_packages(fetcher, release, doc.spec, cache=ctx.local("cache") / "indexes")
     old = mirrors.stored_identity_map(store, store.lists.ids(row.list_digest)) if row else {}
     new = mirrors.identity_map(packages)
     added, changed, removed = mirrors.diff_counts(old, new)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
+import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from reconciler import locks
-from reconciler.errors import ReconcilerError, StorageError
+from reconciler.errors import ReconcilerError, StateError, StorageError
 from reconciler.pool import FilesystemPool
 from reconciler.state import db as statedb
 from reconciler.state.stores import Store, now
@@ -40,7 +40,14 @@ DEFAULT_LOCK_TIMEOUT = float(os.environ.get("RECONCILER_LOCK_TIMEOUT", "1800"))
 
 @dataclass
 class Context:
-    """Where the state lives and how tasks behave; small and passed explicitly."""
+    """Where the state lives and how tasks behave; small and passed explicitly.
+
+    Nothing is created by making a context: a task's first connection creates the root
+    and its state.db. A context with `create=False` (the read-only commands) never
+    creates them: a root without state reads as empty, and the scratch directories it
+    needs (pool, tmp, index cache) go to a private temporary directory instead.
+    Every opening refuses a root whose state is lost (see `connect`).
+    """
 
     root: Path
     publish_root: Path | None = None
@@ -48,23 +55,76 @@ class Context:
     echo: Callable[[str], None] | None = None
     # Builds a download progress display (fetch.Progress) for a label; None: no display.
     progress: Callable[[str], object] | None = None
+    create: bool = True
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self.publish_root = Path(self.publish_root) if self.publish_root else self.root / "public"
-        self.root.mkdir(parents=True, exist_ok=True)
         self.locks = locks.Locks(self.root / "locks")
-        self.pool = FilesystemPool(self.root / "pool")
         self.gnupghome = self.root / "gnupg"
         self._db = None
+        self._pool: FilesystemPool | None = None
+        self._scratch: tempfile.TemporaryDirectory | None = None
 
     @property
     def db_path(self) -> Path:
         return self.root / "state.db"
 
+    @property
+    def pool(self) -> FilesystemPool:
+        if self._pool is None:
+            self._pool = FilesystemPool(self.local("pool"))
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool: FilesystemPool) -> None:
+        self._pool = pool
+
+    def local(self, name: str) -> Path:
+        """ROOT/name, or for a read-only context on a root without state the same name
+        in a private temporary directory (removed at exit), so reading creates nothing."""
+        if self.create or self.has_state():
+            return self.root / name
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="reconciler-read-")
+        return Path(self._scratch.name) / name
+
+    def has_state(self) -> bool:
+        """Is there a state database (a file with content) under the root?"""
+        try:
+            return self.db_path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
     def connect(self):
-        """A new connection: each task and each reader gets its own."""
-        return statedb.connect(self.db_path)
+        """A new connection: each task and each reader gets its own.
+
+        A database that is missing, empty or blank (no row in any table) beside a pool
+        that holds files or a publish root that holds published trees is refused: that
+        is a lost state, and treating it as a fresh root would make `list` show nothing
+        and `gc` delete the pool. A read-only context gets an empty in-memory state for
+        a root without one."""
+        if not self.has_state():
+            self._refuse_lost("is missing" if not self.db_path.exists() else "is empty (0 bytes)")
+            if not self.create:
+                return statedb.empty()
+        db = statedb.connect(self.db_path)
+        if statedb.is_blank(db):
+            try:
+                self._refuse_lost("holds no objects and no task history")
+            except StateError:
+                db.conn.close()
+                raise
+        return db
+
+    def _refuse_lost(self, what: str) -> None:
+        found = evidence(self.root / "pool", self.publish_root)
+        if found:
+            raise StateError(
+                f"{self.db_path} {what}, but {' and '.join(found)}: the state that describes them is lost; "
+                "nothing was changed. Restore state.db from a backup (with every reconciler on this root "
+                f"stopped); or, to start over deliberately, remove {self.root / 'pool'} and the published "
+                f"trees under {self.publish_root}, then apply again (everything is downloaded again)")
 
     def store(self) -> Store:
         """A store for reads outside tasks (list, show, plan); created once per context."""
@@ -72,6 +132,55 @@ class Context:
             self._db = self.connect()
             recover(self._db)
         return Store(self._db)
+
+
+def evidence(pool: Path, publish_root: Path) -> list[str]:
+    """What shows that a root was used: files in its pool, published trees (a few named)."""
+    found = []
+    if _any_entry(pool / "files"):
+        found.append(f"the pool {pool} holds package files")
+    trees = published_releases(publish_root, limit=3)
+    if trees:
+        found.append(f"published trees exist ({', '.join(map(str, trees))})")
+    return found
+
+
+def _any_entry(files: Path) -> bool:
+    try:
+        with os.scandir(files) as buckets:
+            for bucket in buckets:
+                if bucket.is_dir(follow_symlinks=False):
+                    with os.scandir(bucket.path) as entries:
+                        if any(True for _ in entries):
+                            return True
+    except OSError:
+        pass
+    return False
+
+
+def published_releases(directory: Path, *, limit: int, depth: int = 6) -> list[Path]:
+    """`PREFIX/dists/DIST/Release` (or InRelease) files under a publish root, up to `limit`.
+
+    A tree's own `dists/` and `pool/` are not descended into, so the walk stays small
+    however many packages are published."""
+    found: list[Path] = []
+    try:
+        names = sorted(e.name for e in os.scandir(directory) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return found
+    if "dists" in names:
+        try:
+            dists = sorted((directory / "dists").iterdir())
+        except OSError:
+            dists = []
+        for dist in dists:
+            if (dist / "Release").is_file() or (dist / "InRelease").is_file():
+                found.append(dist / "Release")
+    if depth > 0:
+        for name in names:
+            if name not in ("dists", "pool") and len(found) < limit:
+                found += published_releases(directory / name, limit=limit - len(found), depth=depth - 1)
+    return found[:limit]
 
 
 @dataclass
@@ -123,8 +232,9 @@ def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *
                          (name, json.dumps(keys), os.getpid(), locks.process_identity(), now()))
         task = Task(cur.lastrowid, name, ctx, Store(db))
         shared = [locks.POOL] if pool else []
-        with ctx.locks.hold(keys, timeout=ctx.lock_timeout, description=f"task {task.id} ({name})", shared=shared):
-            return _execute(task, keys, fn)
+        with ctx.locks.hold(keys, timeout=ctx.lock_timeout, description=f"task {task.id} ({name})", shared=shared,
+                            db=db, task_id=task.id):
+            return _execute(task, fn)
     except ReconcilerError as exc:
         if "task" in locals():
             _record(db, task.id, state="failed", ended_at=now(), error=str(exc), output="\n".join(task.output))
@@ -139,11 +249,9 @@ def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *
         db.conn.close()
 
 
-def _execute(task: Task, keys: list[str], fn: Callable[[Task], T]) -> T:
+def _execute(task: Task, fn: Callable[[Task], T]) -> T:
     db = task.store.db
     _record(db, task.id, state="running", started_at=now())
-    db.conn.executemany("INSERT OR REPLACE INTO locks (key, task_id, pid, host, description, acquired_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        [(k, task.id, os.getpid(), socket.gethostname(), task.name, now()) for k in keys])
     try:
         result = fn(task)
     except ReconcilerError:
@@ -152,8 +260,6 @@ def _execute(task: Task, keys: list[str], fn: Callable[[Task], T]) -> T:
         _record(db, task.id, state="failed", ended_at=now(), output="\n".join(task.output),
                 error="".join(traceback.format_exception_only(exc)).strip())
         raise
-    finally:
-        db.execute("DELETE FROM locks WHERE task_id = ?", (task.id,))
     _record(db, task.id, state="succeeded", ended_at=now(), output="\n".join(task.output))
     return result
 

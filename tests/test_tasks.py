@@ -82,7 +82,8 @@ def test_a_failing_task_leaves_the_database_as_it_was(tmp_path):
 
     def body(task):
         with task.transaction() as store:
-            store.mirrors.create("m", owner="default", spec={"url": "x"}, protect=False)
+            spec = {"url": "http://x", "distribution": "d", "verifySignature": False}
+            store.mirrors.create("m", owner="default", spec=spec, protect=False)
             assert store.mirrors.get("m") is not None
             raise RuntimeError("boom after the write")
 

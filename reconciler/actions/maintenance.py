@@ -4,6 +4,13 @@ gc takes the pool lock exclusively: every task that imports or relies on pool fi
 holds it shared, so gc can never delete a file imported a moment ago and not yet
 named by a list. The live set goes into a temporary SQLite table rather than a Python
 set, so gc's memory does not grow with the size of the pool.
+
+gc deletes only what the database can account for: files it recorded in `pool_files`
+that no list names. A file it never recorded may belong to a state that was lost or
+restored from an older backup, so it stays unless asked for (an update killed before
+its last batch was recorded leaves such files too; the next update of a mirror that
+wants them records them). A database that names no mirror and no snapshot beside a
+pool with files is refused outright.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler import locks, tasks, tree
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ReconcilerError, Refused
 from reconciler.state import db as statedb
 from reconciler.state.stores import Store
 
@@ -21,11 +28,18 @@ class GcReport:
     files: int = 0
     bytes: int = 0
     lists: int = 0
+    unrecorded: int = 0
+    unrecorded_bytes: int = 0
     paths: list[str] = field(default_factory=list)
 
     def line(self, dry_run: bool) -> str:
         verb = "would free" if dry_run else "freed"
-        return f"gc: {verb} {self.files} file(s), {self.bytes / 1e6:.1f} MB"
+        text = f"gc: {verb} {self.files} file(s), {self.bytes / 1e6:.1f} MB"
+        if self.unrecorded:
+            text += (f"; left {self.unrecorded} file(s), {self.unrecorded_bytes / 1e6:.1f} MB, that state.db never "
+                     "recorded and no list names (from a lost or older state.db, or an update killed before it "
+                     "recorded them): if state.db is right, `reconciler gc --include-unrecorded` deletes them")
+        return text
 
 
 def _live_lists(db) -> list[str]:
@@ -34,10 +48,26 @@ def _live_lists(db) -> list[str]:
     return [r[0] for r in rows]
 
 
-def gc(ctx: tasks.Context, *, dry_run: bool = False) -> GcReport:
+def _refuse_without_objects(task: tasks.Task) -> None:
+    """A database naming no mirror and no snapshot beside a pool with files is more likely
+    lost or wrong than deliberately emptied: gc would delete the whole pool."""
+    db = task.store.db
+    if db.execute("SELECT EXISTS (SELECT 1 FROM mirrors) OR EXISTS (SELECT 1 FROM snapshots)").fetchone()[0]:
+        return
+    if next(iter(task.pool.walk()), None) is not None:
+        raise Refused(f"gc: {task.ctx.db_path} names no mirror and no snapshot, yet the pool {task.pool.root} holds "
+                      "files; nothing was deleted. If state.db was lost or replaced, restore it from a backup; "
+                      "if everything was dropped on purpose, remove the pool directory yourself")
+
+
+def gc(ctx: tasks.Context, *, dry_run: bool = False, include_unrecorded: bool = False) -> GcReport:
+    """Delete pool files that state.db recorded (`pool_files`) and no mirror or snapshot
+    list names; files it never recorded stay unless `include_unrecorded`."""
+
     def body(task: tasks.Task) -> GcReport:
         store = task.store
         db = store.db
+        _refuse_without_objects(task)
         report = GcReport()
         if not dry_run:
             with task.transaction() as tx:
@@ -50,6 +80,11 @@ def gc(ctx: tasks.Context, *, dry_run: bool = False) -> GcReport:
                                 ((sha,) for sha, _size, _path in store.packages.files(ids)))
         for sha, size in task.pool.walk():
             if db.execute("SELECT 1 FROM live WHERE sha256 = ?", (sha,)).fetchone():
+                continue
+            if not include_unrecorded and not db.execute("SELECT 1 FROM pool_files WHERE sha256 = ?",
+                                                         (sha,)).fetchone():
+                report.unrecorded += 1
+                report.unrecorded_bytes += size
                 continue
             report.files += 1
             report.bytes += size
@@ -74,6 +109,7 @@ def verify(ctx: tasks.Context, *, deep: bool = False) -> list[str]:
     db = ctx.connect()
     problems = [f"state.db: {p}" for p in statedb.integrity_problems(db)]
     store = Store(db)
+    problems += [f"state.db: {p}" for p in store.problems()]
     seen: set[str] = set()
     for digest in _live_lists(db):
         for sha, size, path in store.packages.files(store.lists.ids(digest)):

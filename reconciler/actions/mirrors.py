@@ -12,6 +12,7 @@ mistaken for done (DESIGN rule 3).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
     warnings = []
     if not spec.verifySignature:
         warnings.append(f"mirror/{name}: verifySignature is false; the Release signature is NOT checked")
-    release = upstream.read_release(fetcher, spec, workdir=task.ctx.root / "tmp")
+    release = upstream.read_release(fetcher, spec, workdir=task.ctx.local("tmp"))
     unchanged = (row is not None and row.update_complete and row.release_sha256 == release.sha256
                  and content(row.spec) == content(wanted))
     if unchanged:
@@ -126,7 +127,7 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
                                      last_error=None)
         return SyncResult(name, "up-to-date", packages=row.num_packages, warnings=warnings)
     _check_replay(row, release, force)
-    packages = upstream.read_packages(fetcher, release, spec, cache=task.ctx.root / "cache" / "indexes")
+    packages = upstream.read_packages(fetcher, release, spec, cache=task.ctx.local("cache") / "indexes")
     with task.transaction() as store:
         new_ids = store.packages.add(packages)
     old_ids = task.store.lists.ids(row.list_digest) if row else []
@@ -183,6 +184,7 @@ def _download(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, pac
         for f in pkg.files:
             wants.setdefault(f.sha256, Want(join(release.root, f.path), f.path, f.size, f.sha256))
     recorder = PoolRecorder(task)
+    recorder.adopt(wants.values())
     try:
         stats = fetcher.download(wants.values(), task.pool, on_imported=recorder.add)
     finally:
@@ -212,6 +214,17 @@ class PoolRecorder:
         self.pending.append(want)
         if len(self.pending) >= self.batch or time.monotonic() - self.last >= self.interval:
             self.flush()
+
+    def adopt(self, wants) -> None:
+        """Record wanted files the pool has and `pool_files` lacks: an update killed between
+        an import and its batch's transaction left them unrecorded, and gc leaves
+        unrecorded files alone, so without this they would never be collected."""
+        wants = list(wants)
+        unrecorded = {r[0] for r in self.task.store.db.execute(
+            "SELECT value FROM json_each(?) WHERE value NOT IN (SELECT sha256 FROM pool_files)",
+            (json.dumps([w.sha256 for w in wants]),))}
+        self.pending += [w for w in wants if w.sha256 in unrecorded and self.task.pool.has(w.sha256, w.size)]
+        self.flush()
 
     def flush(self) -> None:
         if self.pending:

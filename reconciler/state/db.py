@@ -135,6 +135,24 @@ MIGRATIONS: list[str] = [
         applied_at TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 3: lock holders, one row per (key, holder): shared holders of the pool key each
+    # have a row, and a holder is told apart by pid and process identity (start time),
+    # so rows of a process that is gone are recognised and ignored (reconciler/locks.py)
+    """
+    DROP TABLE locks;
+    CREATE TABLE locks (
+        key TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        shared INTEGER NOT NULL,
+        task_id INTEGER,
+        pid INTEGER NOT NULL,
+        identity TEXT NOT NULL,
+        description TEXT NOT NULL,
+        acquired_at TEXT NOT NULL,
+        PRIMARY KEY (key, holder)
+    ) WITHOUT ROWID;
+    CREATE INDEX locks_task ON locks(task_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -158,6 +176,25 @@ def connect(path: Path, *, migrate: bool = True) -> sqlite_utils.Database:
     except sqlite3.DatabaseError as exc:
         raise StateError(_diagnose(path, exc)) from exc
     return db
+
+
+def empty() -> sqlite_utils.Database:
+    """An empty state in memory, at the current schema: what a read-only command reads
+    on a root that has no state yet, so that reading never creates a state.db."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    db = sqlite_utils.Database(conn)
+    upgrade(db)
+    return db
+
+
+# Tables any use of a root writes to: all of them empty means a fresh database (or a lost one).
+_CONTENT = ("tasks", "mirrors", "snapshots", "publishes", "packages", "pool_files")
+
+
+def is_blank(db: sqlite_utils.Database) -> bool:
+    """True when the database holds no row of any kind: never used, or emptied."""
+    query = " OR ".join(f"EXISTS (SELECT 1 FROM {table})" for table in _CONTENT)
+    return not db.execute(f"SELECT {query}").fetchone()[0]
 
 
 @contextmanager

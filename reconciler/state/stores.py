@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,8 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import sqlite_utils
+from pydantic import BaseModel, ValidationError
 
 from reconciler.debian.package import Package, PackageFile
+from reconciler.errors import StateError
+from reconciler.spec import MirrorSpec, PublishSpec, SnapshotSpec
 
 CHUNK = 500
 
@@ -30,6 +34,42 @@ def now() -> str:
 def _chunks(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+RESTORE = "restore state.db from a backup"
+
+
+def _stored_json(what: str, column: str, text: str | None, default: object = None) -> object:
+    """A JSON column of a stored row; a value that does not parse names the object."""
+    if not text and default is not None:
+        return default
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise StateError(f"{what}: stored {column} is not valid JSON ({exc}); {RESTORE}") from None
+
+
+def _stored_spec(what: str, text: str, model: type[BaseModel]) -> dict:
+    """The spec column of a mirror, snapshot or publish row, checked against its model
+    (the row keeps its dict: later code compares it as stored)."""
+    spec = _stored_json(what, "spec", text)
+    try:
+        model.model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise StateError(f"{what}: stored spec is not a valid spec ({where}: {first['msg']}); {RESTORE}") from None
+    return spec
+
+
+def _stored_files(what: str, text: str) -> list[tuple[str, int, str]]:
+    """A package row's files column: [[path, size, sha256], ...]."""
+    files = _stored_json(what, "files", text)
+    if not isinstance(files, list) or not all(
+            isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) and isinstance(f[1], int)
+            and isinstance(f[2], str) for f in files):
+        raise StateError(f"{what}: stored files are not a list of [path, size, sha256]; {RESTORE}")
+    return files
 
 
 def _json_ids(ids: Sequence[int]) -> str:
@@ -128,7 +168,20 @@ class PackageLists:
         if digest is None:
             return array("q")
         row = self.db.execute("SELECT ids FROM package_lists WHERE digest = ?", (digest,)).fetchone()
-        return self.decode(row[0]) if row else array("q")
+        if not row:
+            return array("q")
+        try:
+            return self.decode(row[0])
+        except (zlib.error, ValueError, TypeError) as exc:
+            raise StateError(f"{self._owners(digest)}: the stored package list {digest[:12]} does not decode "
+                             f"({exc}); {RESTORE}") from None
+
+    def _owners(self, digest: str) -> str:
+        """Who names a list, for an error message about it."""
+        names = [r[0] for r in self.db.execute(
+            "SELECT 'mirror/' || name FROM mirrors WHERE list_digest = ?"
+            " UNION SELECT 'snapshot/' || name FROM snapshots WHERE list_digest = ? ORDER BY 1", (digest, digest))]
+        return ", ".join(names) or f"package list {digest[:12]}"
 
     def prune(self) -> int:
         """Drop lists no mirror or snapshot names any more."""
@@ -187,9 +240,13 @@ class Packages:
 
     @staticmethod
     def _package(row: tuple) -> Package:
-        _id, type_, name, version, arch, fields, files = row
-        return Package(type_, name, version, arch, json.loads(fields),
-                       tuple(PackageFile(p, s, h) for p, s, h in json.loads(files)))
+        id_, type_, name, version, arch, fields, files = row
+        what = f"package {name}_{version}_{arch} (id {id_})"
+        stanza = _stored_json(what, "fields", fields)
+        if not isinstance(stanza, dict):
+            raise StateError(f"{what}: stored fields are not a JSON object; {RESTORE}")
+        return Package(type_, name, version, arch, stanza,
+                       tuple(PackageFile(p, s, h) for p, s, h in _stored_files(what, files)))
 
     def load(self, ids: Iterable[int]) -> Iterator[tuple[int, Package]]:
         """Packages by id, a chunk at a time (memory follows the chunk, not the list)."""
@@ -229,16 +286,36 @@ class Packages:
     def source_files(self, ids: Sequence[int]) -> Iterator[tuple[str, str]]:
         """(source name, file path) of every file of the packages, without decoding any
         control stanza: SQLite takes the paths out of the stored JSON."""
-        yield from self.db.conn.execute(
-            "SELECT p.source, json_extract(f.value, '$[0]') FROM packages p, json_each(p.files) f"
-            " WHERE p.id IN (SELECT value FROM json_each(?))", (_json_ids(ids),))
+        try:
+            cursor = self.db.conn.execute(
+                "SELECT p.source, json_extract(f.value, '$[0]') FROM packages p, json_each(p.files) f"
+                " WHERE p.id IN (SELECT value FROM json_each(?))", (_json_ids(ids),))
+            try:
+                yield from cursor
+            finally:
+                cursor.close()
+        except sqlite3.OperationalError as exc:
+            if "JSON" in str(exc):
+                self._malformed(ids)
+            raise
+
+    def _malformed(self, ids: Sequence[int]) -> None:
+        """Name the package whose stored files SQLite could not read as JSON."""
+        bad = self.db.conn.execute(
+            "SELECT id, name, version, arch FROM packages WHERE id IN (SELECT value FROM json_each(?))"
+            " AND NOT json_valid(files) LIMIT 1", (_json_ids(ids),)).fetchone()
+        if bad:
+            id_, name, version, arch = bad
+            raise StateError(f"package {name}_{version}_{arch} (id {id_}): stored files is not valid JSON; "
+                             f"{RESTORE}")
 
     def files(self, ids: Iterable[int]) -> Iterator[tuple[str, int, str]]:
         """(sha256, size, path) of every file of the given packages."""
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
-            for (files,) in self.db.execute(f"SELECT files FROM packages WHERE id IN ({marks})", chunk):
-                for path, size, sha in json.loads(files):
+            for id_, key, files in self.db.execute(f"SELECT id, key, files FROM packages WHERE id IN ({marks})",
+                                                    chunk):
+                for path, size, sha in _stored_files(f"package {key} (id {id_})", files):
                     yield sha, size, path
 
 
@@ -252,8 +329,9 @@ class Mirrors:
     @staticmethod
     def _row(row: dict) -> MirrorRow:
         row = dict(row)
-        row["spec"] = json.loads(row["spec"])
-        row["upstream"] = json.loads(row["upstream"] or "{}")
+        what = f"mirror/{row['name']}"
+        row["spec"] = _stored_spec(what, row["spec"], MirrorSpec)
+        row["upstream"] = _stored_json(what, "upstream", row["upstream"], {})
         row["protect"], row["update_complete"] = bool(row["protect"]), bool(row["update_complete"])
         return MirrorRow(**row)
 
@@ -303,8 +381,9 @@ class Snapshots:
     @staticmethod
     def _row(row: dict) -> SnapshotRow:
         row = dict(row)
-        row["spec"] = json.loads(row["spec"])
-        row["source_snapshots"] = json.loads(row["source_snapshots"] or "[]")
+        what = f"snapshot/{row['name']}"
+        row["spec"] = _stored_spec(what, row["spec"], SnapshotSpec)
+        row["source_snapshots"] = _stored_json(what, "source_snapshots", row["source_snapshots"], [])
         row["protect"] = bool(row["protect"])
         return SnapshotRow(**row)
 
@@ -370,8 +449,9 @@ class Publishes:
 
     def _row(self, row: dict) -> PublishRow:
         row = dict(row)
-        row["spec"] = json.loads(row["spec"])
-        row["sources"] = json.loads(row["sources"])
+        what = f"publish/{row['name']}"
+        row["spec"] = _stored_spec(what, row["spec"], PublishSpec)
+        row["sources"] = _stored_json(what, "sources", row["sources"])
         row["protect"] = bool(row["protect"])
         count = 0
         for snap in set(row["sources"].values()):
@@ -441,6 +521,14 @@ class Owners:
         self.db.execute(f"UPDATE {table} SET owner = ? WHERE name = ?", (owner, name))
 
 
+def _error_of(load, *args) -> list[str]:
+    try:
+        load(*args)
+    except StateError as exc:
+        return [str(exc)]
+    return []
+
+
 class Store:
     """All stores over one connection: what a task's function receives."""
 
@@ -452,6 +540,19 @@ class Store:
         self.packages = Packages(db)
         self.lists = PackageLists(db)
         self.owners = Owners(db)
+
+    def problems(self) -> list[str]:
+        """Every stored row that does not decode (JSON, specs, list blobs): what verify reports."""
+        found = []
+        for table, store in (("mirrors", self.mirrors), ("snapshots", self.snapshots), ("publishes", self.publishes)):
+            for (name,) in self.db.execute(f"SELECT name FROM {table} ORDER BY name"):
+                found += _error_of(store.get, name)
+        for (digest,) in self.db.execute("SELECT digest FROM package_lists ORDER BY digest"):
+            found += _error_of(self.lists.ids, digest)
+        for id_, key in self.db.execute("SELECT id, key FROM packages WHERE NOT json_valid(fields)"
+                                        " OR NOT json_valid(files) ORDER BY id"):
+            found.append(f"package {key} (id {id_}): stored fields or files are not valid JSON; {RESTORE}")
+        return found
 
     def record_pool_file(self, sha256: str, size: int) -> None:
         self.db.execute("INSERT OR IGNORE INTO pool_files (sha256, size, imported_at) VALUES (?, ?, ?)",
