@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from reconciler import plan as planner
 from reconciler import tasks, upstream
-from reconciler.actions import mirrors, publish, snapshots
+from reconciler.actions import maintenance, mirrors, publish, snapshots
 from reconciler.errors import ReconcilerError, Refused
 from reconciler.fetch import Fetcher
 from reconciler.loader import Specs
@@ -71,6 +71,7 @@ def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, wit
     upcoming: dict[str, list] = {}
     if with_probe:
         observed.probes = probe(ctx, specs, observed, upcoming)
+        observed.pool = maintenance.pool_damage(ctx.store(), ctx.pool, set(specs.mirrors))
     the_plan = planner.plan(specs, observed, options)
     if with_probe:
         describe(ctx.store(), specs, the_plan, upcoming)
@@ -162,7 +163,19 @@ def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=pr
         if line:
             report.lines.append(line)
             echo(line)
+    for line in _lost_files(ctx, specs):
+        report.failures.append(line)
+        echo(f"FAILED {line}")
     return report
+
+
+def _lost_files(ctx: tasks.Context, specs: Specs) -> list[str]:
+    """Pool files still missing after the mirrors had their chance to re-fetch them,
+    which no declared mirror lists: each names the snapshots holding it."""
+    damage = maintenance.pool_damage(ctx.store(), ctx.pool, set(specs.mirrors))
+    return [f"pool: {path} ({sha[:12]}) is missing and no declared mirror lists it; held by "
+            f"{', '.join(f'snapshot/{s}' for s in snaps)}. Restore it into the pool from a backup, or drop or "
+            "replace those snapshots" for sha, (path, snaps) in sorted(damage.lost.items())]
 
 
 def _blocked(change: planner.Change, specs: Specs, failed: set[str]) -> str | None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from reconciler import gpg, locks, tasks, tree
 from reconciler.actions import guards
 from reconciler.debian.package import Package
-from reconciler.errors import NotFound, PermanentError, Refused
+from reconciler.errors import NotFound, PermanentError, PoolDamaged, Refused
 from reconciler.plan import publish_fields, resolve_sources
 from reconciler.spec import PublishDoc, parse_duration
 from reconciler.state.stores import Store
@@ -92,19 +93,53 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         if current is not None and (current.prefix, current.distribution) != where:
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
         target = tree.dist_dir(ctx.publish_root, spec.prefix, spec.distribution)
+        replaced = 0
         if current and current.inputs_digest == digest and (target / "Release").exists():
-            return f"publish/{name}: up to date"
-        result = _write(task, doc, sources, current)
+            # Same inputs; but a pool file its tree links may have been replaced since
+            # (lost or damaged, then re-fetched): the tree still links the old inode.
+            replaced = sum(store.replaced_since(store.lists.ids(r.list_digest), current.linked_ns)
+                           for r in rows.values())
+            if not replaced:
+                return f"publish/{name}: up to date"
+        linked_ns = time.time_ns()
+        try:
+            result = _write(task, doc, sources, current)
+        except PoolDamaged as exc:
+            raise _damaged(task, name, exc) from None
         with task.transaction() as tx:
             tx.publishes.save(name, owner=owner, prefix=spec.prefix, distribution=spec.distribution, spec=wanted,
                               protect=doc.metadata.protect, sources=sources, inputs_digest=digest,
-                              release_sha256=result.release_sha256)
+                              release_sha256=result.release_sha256, linked_ns=linked_ns)
+            for sha, (size, mtime_ns, ino) in result.confirmed.items():
+                tx.confirm_pool_file(sha, size, mtime_ns, ino)
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.counts.items()))
-        message = f"publish/{name}: {'switched' if current else 'published'} {spec.key} ({counts})"
+        verb = f"re-linked {replaced} replaced pool file(s) of" if replaced else "switched" if current else "published"
+        message = f"publish/{name}: {verb} {spec.key} ({counts})"
         task.log(message)
         return message
 
     return tasks.run(ctx, f"publish {name}", _keys(doc, sources, where), body)
+
+
+def _damaged(task: tasks.Task, name: str, exc: PoolDamaged) -> PoolDamaged:
+    """The publish found pool files missing or damaged (moved to quarantine): forget
+    them in the database, and say which snapshots hold them and how they come back."""
+    holders = task.store.holders(exc.files)
+    with task.transaction() as tx:
+        for sha in exc.files:
+            tx.forget_pool_file(sha)
+    lines = []
+    for sha, path in list(exc.files.items())[:10]:
+        held = holders[sha]
+        snaps = ", ".join(f"snapshot/{s}" for s in held["snapshots"]) or "no snapshot"
+        if held["mirrors"]:
+            fix = f"run apply again: {', '.join(f'mirror/{m}' for m in held['mirrors'])} re-fetches it"
+        else:
+            fix = "no mirror lists it any more: restore it into the pool from a backup, or drop those snapshots"
+        lines.append(f"{path} ({sha[:12]}): {exc.reasons.get(sha, 'damaged')}; held by {snaps}; {fix}")
+    more = f" (and {len(exc.files) - 10} more)" if len(exc.files) > 10 else ""
+    return PoolDamaged(f"not switched, {len(exc.files)} pool file(s) cannot be published: " + "; ".join(lines)
+                       + more, exc.files, exc.reasons)
 
 
 def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) -> tree.TreeResult:
@@ -118,7 +153,7 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
         suite=spec.suite, codename=spec.codename,
         valid_for=parse_duration(spec.validFor) if spec.validFor else None,
         acquire_by_hash=spec.acquireByHash, description=spec.description,
-        compression=spec.compression.levels())
+        compression=spec.compression.levels(), recorded=task.store.pool_identities)
     # A first publish into a prefix without a pool has nothing to clean up afterwards.
     new_pool = not (tree.prefix_dir(ctx.publish_root, spec.prefix) / "pool").exists()
     signer = signer_for(ctx, doc)

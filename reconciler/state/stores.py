@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -86,6 +87,7 @@ class PublishRow:
     release_sha256: str | None
     published_at: str
     num_packages: int
+    linked_ns: int | None = None  # when the tree's pool links were last made (time.time_ns)
 
 
 class PackageLists:
@@ -376,16 +378,18 @@ class Publishes:
         return [self._row(r) for r in self.db.query("SELECT * FROM publishes WHERE prefix = ?", [prefix])]
 
     def save(self, name: str, *, owner: str, prefix: str, distribution: str, spec: dict, protect: bool,
-             sources: dict[str, str], inputs_digest: str, release_sha256: str | None) -> None:
+             sources: dict[str, str], inputs_digest: str, release_sha256: str | None,
+             linked_ns: int | None = None) -> None:
         self.db.execute(
             "INSERT INTO publishes (name, owner, prefix, distribution, spec, protect, sources, inputs_digest,"
-            " release_sha256, published_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " release_sha256, published_at, linked_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, prefix = excluded.prefix,"
             " distribution = excluded.distribution, spec = excluded.spec, protect = excluded.protect,"
             " sources = excluded.sources, inputs_digest = excluded.inputs_digest,"
-            " release_sha256 = excluded.release_sha256, published_at = excluded.published_at",
+            " release_sha256 = excluded.release_sha256, published_at = excluded.published_at,"
+            " linked_ns = excluded.linked_ns",
             (name, owner, prefix, distribution, json.dumps(spec), int(protect), json.dumps(sources),
-             inputs_digest, release_sha256, now()))
+             inputs_digest, release_sha256, now(), linked_ns))
         pid = self.db.execute("SELECT id FROM publishes WHERE name = ?", (name,)).fetchone()[0]
         self.db.execute("DELETE FROM publish_sources WHERE publish_id = ?", (pid,))
         self.db.conn.executemany("INSERT INTO publish_sources (publish_id, component, snapshot) VALUES (?, ?, ?)",
@@ -406,6 +410,75 @@ class Store:
         self.packages = Packages(db)
         self.lists = PackageLists(db)
 
-    def record_pool_file(self, sha256: str, size: int) -> None:
-        self.db.execute("INSERT OR IGNORE INTO pool_files (sha256, size, imported_at) VALUES (?, ?, ?)",
-                        (sha256, size, now()))
+    def record_pool_file(self, sha256: str, size: int, *, mtime_ns: int | None = None,
+                         ino: int | None = None) -> None:
+        """A verified file imported into the pool, with what identifies it on disk.
+
+        A row whose identity changes (the file was re-imported after a loss) gets a new
+        `recorded_ns`: publishes that linked the old inode before then link again."""
+        self.db.execute(
+            "INSERT INTO pool_files (sha256, size, imported_at, mtime_ns, ino, recorded_ns) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (sha256) DO UPDATE SET recorded_ns = CASE WHEN pool_files.ino IS excluded.ino"
+            " AND pool_files.mtime_ns IS excluded.mtime_ns THEN pool_files.recorded_ns ELSE excluded.recorded_ns END,"
+            " size = excluded.size, mtime_ns = excluded.mtime_ns, ino = excluded.ino, imported_at = excluded.imported_at",
+            (sha256, size, now(), mtime_ns, ino, time.time_ns()))
+
+    def confirm_pool_file(self, sha256: str, size: int, mtime_ns: int, ino: int) -> None:
+        """A pool file hashed again and found sound: its identity now, `recorded_ns` kept
+        (the inode the trees link did not change content)."""
+        self.db.execute(
+            "INSERT INTO pool_files (sha256, size, imported_at, mtime_ns, ino) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (sha256) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
+            " ino = excluded.ino", (sha256, size, now(), mtime_ns, ino))
+
+    def forget_pool_file(self, sha256: str) -> None:
+        self.db.execute("DELETE FROM pool_files WHERE sha256 = ?", (sha256,))
+
+    def pool_identities(self, shas: Sequence[str]) -> dict[str, tuple[int, int | None, int | None]]:
+        """sha256 -> (size, mtime_ns, ino) as recorded at import, for the given files."""
+        return {sha: (size, mtime, ino) for sha, size, mtime, ino in self.db.conn.execute(
+            "SELECT sha256, size, mtime_ns, ino FROM pool_files WHERE sha256 IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(shas)),))}
+
+    def holders(self, shas: Iterable[str]) -> dict[str, dict]:
+        """For each file, its path and the mirrors and snapshots whose lists hold it:
+        who can re-fetch it, and what a loss would damage. Reads every list; for the
+        rare case of a damaged file, never on a path that runs when all is well."""
+        wanted = set(shas)
+        out: dict = {sha: {"mirrors": [], "snapshots": [], "path": sha} for sha in wanted}
+        by_id: dict[int, set[str]] = {}
+        for pid, sha, path in self.db.conn.execute(
+                "SELECT p.id, json_extract(f.value, '$[2]'), json_extract(f.value, '$[0]')"
+                " FROM packages p, json_each(p.files) f"
+                " WHERE json_extract(f.value, '$[2]') IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(wanted)),)):
+            by_id.setdefault(pid, set()).add(sha)
+            out[sha]["path"] = path
+        if not by_id:
+            return out
+        rows = [("mirrors", r.name, r.list_digest) for r in self.mirrors.list()]
+        rows += [("snapshots", r.name, r.list_digest) for r in self.snapshots.list()]
+        for kind, name, digest in rows:
+            held = set()
+            for pid in set(self.lists.ids(digest)) & by_id.keys():
+                held |= by_id[pid]
+            for sha in held:
+                out[sha][kind].append(name)
+        return out
+
+    def recorded_shas(self) -> Iterator[str]:
+        """Every file the database says the pool holds."""
+        yield from (r[0] for r in self.db.conn.execute("SELECT sha256 FROM pool_files"))
+
+    def replaced_since(self, ids: Sequence[int], since_ns: int | None) -> int:
+        """How many files of these packages were (re)recorded after `since_ns`: files a
+        tree linked before they were replaced. One indexed read when none was."""
+        since = since_ns or 0
+        latest = self.db.execute("SELECT MAX(recorded_ns) FROM pool_files").fetchone()[0]
+        if latest is None or latest <= since:
+            return 0
+        return self.db.conn.execute(
+            "SELECT COUNT(DISTINCT pf.sha256) FROM packages p, json_each(p.files) f"
+            " JOIN pool_files pf ON pf.sha256 = json_extract(f.value, '$[2]')"
+            " WHERE p.id IN (SELECT value FROM json_each(?)) AND pf.recorded_ns > ?",
+            (_json_ids(ids), since)).fetchone()[0]
