@@ -25,6 +25,9 @@ from reconciler.spec import PublishDoc, parse_duration
 from reconciler.state.stores import Store
 
 
+SETTLE_NS = 60 * 10**9
+
+
 def inputs_digest(spec: dict, digests: dict[str, str]) -> str:
     """What the tree depends on: the spec (minus snapshot names: a rename changes no byte) and
     the content digest of each component's list."""
@@ -97,9 +100,17 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         if current and current.inputs_digest == digest and (target / "Release").exists():
             # Same inputs; but a pool file its tree links may have been replaced since
             # (lost or damaged, then re-fetched): the tree still links the old inode.
-            replaced = sum(store.replaced_since(store.lists.ids(r.list_digest), current.linked_ns)
-                           for r in rows.values())
+            checks = [store.replaced_since(store.lists.ids(r.list_digest), current.linked_ns)
+                      for r in rows.values()]
+            replaced = sum(count for count, _latest in checks)
             if not replaced:
+                # Checked up to the latest record: the next run need not join again. Kept
+                # a minute behind the clock, so a record still being committed by another
+                # task (stamped before it commits) is never passed over.
+                mark = min(min(latest for _count, latest in checks), time.time_ns() - SETTLE_NS)
+                if mark > (current.linked_ns or 0):
+                    with task.transaction() as tx:
+                        tx.publishes.mark_linked(name, mark)
                 return f"publish/{name}: up to date"
         linked_ns = time.time_ns()
         try:

@@ -87,7 +87,7 @@ class PublishRow:
     release_sha256: str | None
     published_at: str
     num_packages: int
-    linked_ns: int | None = None  # when the tree's pool links were last made (time.time_ns)
+    linked_ns: int | None = None  # pool files recorded up to then (time.time_ns) are what the tree links
 
 
 class PackageLists:
@@ -395,6 +395,10 @@ class Publishes:
         self.db.conn.executemany("INSERT INTO publish_sources (publish_id, component, snapshot) VALUES (?, ?, ?)",
                                  [(pid, comp, snap) for comp, snap in sources.items()])
 
+    def mark_linked(self, name: str, linked_ns: int) -> None:
+        """Every pool file recorded up to `linked_ns` is linked in the tree as it is."""
+        self.db.execute("UPDATE publishes SET linked_ns = ? WHERE name = ?", (linked_ns, name))
+
     def delete(self, name: str) -> None:
         self.db.execute("DELETE FROM publishes WHERE name = ?", (name,))
 
@@ -470,15 +474,19 @@ class Store:
         """Every file the database says the pool holds."""
         yield from (r[0] for r in self.db.conn.execute("SELECT sha256 FROM pool_files"))
 
-    def replaced_since(self, ids: Sequence[int], since_ns: int | None) -> int:
-        """How many files of these packages were (re)recorded after `since_ns`: files a
-        tree linked before they were replaced. One indexed read when none was."""
+    def replaced_since(self, ids: Sequence[int], since_ns: int | None) -> tuple[int, int]:
+        """(how many files of these packages were (re)recorded after `since_ns`, the
+        latest `recorded_ns` of the pool): files a tree linked before they were
+        replaced. One indexed read when nothing was recorded since; otherwise a join
+        over the list (~0.2 s for 20,000 packages), after which the caller can move its
+        mark up to the latest time checked."""
         since = since_ns or 0
-        latest = self.db.execute("SELECT MAX(recorded_ns) FROM pool_files").fetchone()[0]
-        if latest is None or latest <= since:
-            return 0
-        return self.db.conn.execute(
+        latest = self.db.execute("SELECT MAX(recorded_ns) FROM pool_files").fetchone()[0] or 0
+        if latest <= since:
+            return 0, latest
+        count = self.db.conn.execute(
             "SELECT COUNT(DISTINCT pf.sha256) FROM packages p, json_each(p.files) f"
             " JOIN pool_files pf ON pf.sha256 = json_extract(f.value, '$[2]')"
             " WHERE p.id IN (SELECT value FROM json_each(?)) AND pf.recorded_ns > ?",
             (_json_ids(ids), since)).fetchone()[0]
+        return count, latest
