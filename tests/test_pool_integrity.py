@@ -259,3 +259,19 @@ def test_after_a_repair_the_published_tree_is_sound_and_apt_get_installs(world, 
     client.download("hello")
     assert "hello_2.10-2_amd64.deb" in client.downloaded()
     assert sha256_file(client.dir / "cache/archives/hello_2.10-2_amd64.deb") == sha
+
+
+def test_a_pool_file_whose_identity_changed_but_content_did_not_is_hashed_linked_and_recorded(world):
+    world.write()
+    world.apply()
+    sha = world.upstream_sha(HELLO)
+    pool_file = world.pool_file(sha)
+    st = pool_file.stat()
+    os.utime(pool_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, not edited
+    world.write(origin="Edited")
+    out = world.apply()
+    assert "publish/pub: switched debian/stable" in out.stdout, out.stdout
+    assert world.recorded(sha) == (st.st_size, st.st_mtime_ns + 10**9, st.st_ino)
+    assert not (world.root / "pool/quarantine").exists()
+    world.cli("verify", "--deep")
+

@@ -89,7 +89,7 @@ def missing_files(store: Store, pool: FilesystemPool, ids) -> list[tuple[str, in
     lost = gone(store, pool)
     if not lost:
         return []
-    found = {sha: (sha, size, path) for sha, size, path in store.packages.files(ids) if sha in lost}
+    found = {sha: (sha, size, path) for sha, size, path in store.packages.files_among(ids, lost)}
     return [f for f in found.values() if not pool.has(f[0])]
 
 

@@ -4,7 +4,13 @@ A publish task locks its distribution, the prefix (distributions under one prefi
 `pool/`, so cleaning it must not race another distribution linking a file), and every
 snapshot it points at (so none can be dropped while it is being published). Inside the
 lock it reloads the snapshots, computes the inputs digest (spec + snapshot contents), and
-does nothing when the tree already reflects exactly those inputs.
+does nothing when the tree already reflects exactly those inputs, unless a pool file the
+tree links was replaced since it was linked (lost or damaged, then re-fetched by its
+mirror: the tree still links the old inode), which links the tree again.
+
+Pool files are linked only while their recorded identity holds (see pool.py); a damaged
+one is quarantined by the tree writer, and the publish fails before the switch naming
+the file, the snapshots that hold it and how it comes back.
 """
 
 from __future__ import annotations

