@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from reconciler import plan as planner
 from reconciler import tasks, upstream
-from reconciler.actions import maintenance, mirrors, publish, snapshots
+from reconciler.actions import mirrors, publish, repair, snapshots
 from reconciler.errors import ReconcilerError, Refused
 from reconciler.fetch import Fetcher
 from reconciler.loader import Specs
@@ -71,7 +71,7 @@ def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, wit
     upcoming: dict[str, list] = {}
     if with_probe:
         observed.probes = probe(ctx, specs, observed, upcoming)
-        observed.pool = maintenance.pool_damage(ctx.store(), ctx.pool, set(specs.mirrors))
+        observed.pool = repair.pool_damage(ctx.store(), ctx.pool, set(specs.mirrors))
     the_plan = planner.plan(specs, observed, options)
     if with_probe:
         describe(ctx.store(), specs, the_plan, upcoming)
@@ -172,7 +172,7 @@ def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=pr
 def _lost_files(ctx: tasks.Context, specs: Specs) -> list[str]:
     """Pool files still missing after the mirrors had their chance to re-fetch them,
     which no declared mirror lists: each names the snapshots holding it."""
-    damage = maintenance.pool_damage(ctx.store(), ctx.pool, set(specs.mirrors))
+    damage = repair.pool_damage(ctx.store(), ctx.pool, set(specs.mirrors))
     return [f"pool: {path} ({sha[:12]}) is missing and no declared mirror lists it; held by "
             f"{', '.join(f'snapshot/{s}' for s in snaps)}. Restore it into the pool from a backup, or drop or "
             "replace those snapshots" for sha, (path, snaps) in sorted(damage.lost.items())]

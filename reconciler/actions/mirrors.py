@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from reconciler import locks, tasks, upstream
-from reconciler.actions import guards, maintenance
+from reconciler.actions import guards, repair
 from reconciler.errors import NotFound, PermanentError, PoolDamaged, Refused
 from reconciler.fetch import Fetcher, Want, join
 from reconciler.plan import MIRROR_CONTENT
@@ -120,7 +120,7 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
         if row.spec != wanted or row.protect != doc.metadata.protect:
             with task.transaction() as store:
                 store.mirrors.update(name, spec=wanted, protect=int(doc.metadata.protect))
-        lost = maintenance.missing_files(task.store, task.pool, task.store.lists.ids(row.list_digest))
+        lost = repair.missing_files(task.store, task.pool, task.store.lists.ids(row.list_digest))
         if lost:
             return _repair(task, fetcher, release, name, lost, row.num_packages, warnings)
         return SyncResult(name, "up-to-date", packages=row.num_packages, warnings=warnings)
@@ -189,7 +189,7 @@ def _repair(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, name:
         failed = {sha: path for sha, _size, path in lost if not task.pool.has(sha)}
         raise PoolDamaged(f"{len(stats.failed)} missing pool file(s) cannot be re-fetched from "
                           f"upstream ({'; '.join(stats.failed[:5])}); "
-                          + maintenance.held_by(task.store, failed), failed)
+                          + repair.held_by(task.store, failed), failed)
     result = SyncResult(name, "repaired", files=stats.files, bytes=stats.bytes, packages=packages,
                         warnings=warnings)
     task.log(result.line())
