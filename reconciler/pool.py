@@ -49,7 +49,7 @@ class PackagePool(Protocol):
 
     def walk(self) -> Iterator[tuple[str, int]]: ...
 
-    def names(self) -> set[str]: ...
+    def names(self, bucket: str) -> set[str]: ...
 
     def quarantine(self, sha256: str) -> str | None: ...
 
@@ -165,15 +165,14 @@ class FilesystemPool:
         except FileNotFoundError:
             return set()
 
-    def names(self) -> set[str]:
-        """The SHA-256 of every stored file, from directory listings alone (no stat per
-        file: ~25 ms for 20,000 files where a stat each costs ~160 ms)."""
-        out: set[str] = set()
-        with os.scandir(self.files) as buckets:
-            for bucket in buckets:
-                if bucket.is_dir(follow_symlinks=False):
-                    out.update(name for name in os.listdir(bucket.path) if len(name) == 64)
-        return out
+    def names(self, bucket: str) -> set[str]:
+        """The SHA-256 of every stored file starting with `bucket` (two hex digits), from
+        one directory listing: no stat per file (~25 ms for 20,000 files over all 256
+        buckets, where a stat each costs ~160 ms)."""
+        try:
+            return {name for name in os.listdir(self.files / bucket) if len(name) == 64}
+        except FileNotFoundError:
+            return set()
 
     def open(self, sha256: str) -> BinaryIO:
         return open(self.path(sha256), "rb")

@@ -480,9 +480,11 @@ class Store:
                 out[sha][kind].append(name)
         return out
 
-    def recorded_shas(self) -> Iterator[str]:
-        """Every file the database says the pool holds."""
-        yield from (r[0] for r in self.db.conn.execute("SELECT sha256 FROM pool_files"))
+    def recorded_shas(self, bucket: str) -> Iterator[str]:
+        """The files starting with `bucket` (two hex digits) that the database says the
+        pool holds: a range of the primary key."""
+        yield from (r[0] for r in self.db.conn.execute(
+            "SELECT sha256 FROM pool_files WHERE sha256 >= ? AND sha256 < ?", (bucket, bucket + "g")))
 
     def replaced_since(self, ids: Sequence[int], since_ns: int | None) -> tuple[int, int]:
         """(how many files of these packages were (re)recorded after `since_ns`, the
