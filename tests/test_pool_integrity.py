@@ -271,7 +271,21 @@ def test_a_pool_file_whose_identity_changed_but_content_did_not_is_hashed_linked
     world.write(origin="Edited")
     out = world.apply()
     assert "publish/pub: switched debian/stable" in out.stdout, out.stdout
+    assert "1 pool file(s) had changed on disk since they were verified: hashed again, sound" in out.stdout
     assert world.recorded(sha) == (st.st_size, st.st_mtime_ns + 10**9, st.st_ino)
     assert not (world.root / "pool/quarantine").exists()
     world.cli("verify", "--deep")
+
+    # Rows from before identities were recorded (an upgraded root): each file is hashed
+    # once at the next publish, then recorded.
+    db = sqlite3.connect(world.root / "state.db")
+    with db:
+        db.execute("UPDATE pool_files SET mtime_ns = NULL, ino = NULL")
+    db.close()
+    world.write(origin="Upgraded")
+    out = world.apply()
+    assert "10 pool file(s) had changed on disk" in out.stdout, out.stdout
+    assert world.recorded(sha) == (st.st_size, st.st_mtime_ns + 10**9, st.st_ino)
+    world.write(origin="Again")
+    assert "had changed on disk" not in world.apply().stdout
 

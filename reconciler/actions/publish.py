@@ -132,6 +132,9 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.counts.items()))
         verb = f"re-linked {replaced} replaced pool file(s) of" if replaced else "switched" if current else "published"
         message = f"publish/{name}: {verb} {spec.key} ({counts})"
+        if result.confirmed:
+            message += (f"; {len(result.confirmed)} pool file(s) had changed on disk since they were verified: "
+                        "hashed again, sound")
         task.log(message)
         return message
 
