@@ -105,3 +105,18 @@ class StateError(ReconcilerError):
     """The state database is unreadable, corrupt or from a newer version."""
 
     http_status = 500
+
+
+class PoolDamaged(ReconcilerError):
+    """Pool files that something needs are missing or no longer match their SHA-256.
+
+    `files` maps each such file's SHA-256 to its name (a package path), `reasons` to
+    what is wrong with it; damaged files have been moved to the pool's quarantine
+    already."""
+
+    http_status = 500
+
+    def __init__(self, message: str, files: dict[str, str], reasons: dict[str, str] | None = None):
+        self.files = files
+        self.reasons = reasons or {}
+        super().__init__(message)

@@ -50,6 +50,16 @@ class PublishedTree:
 
 
 @dataclass
+class PoolDamage:
+    """Pool files that lists refer to and the pool no longer holds (gathered by the caller)."""
+
+    mirrors: dict[str, int] = field(default_factory=dict)  # declared mirror -> files it re-fetches
+    publishes: dict[str, int] = field(default_factory=dict)  # publish -> files its tree re-links
+    # sha256 -> (path, snapshots holding it): files no declared mirror lists
+    lost: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+
+
+@dataclass
 class Observed:
     mirrors: dict[str, MirrorRow] = field(default_factory=dict)
     snapshots: dict[str, SnapshotRow] = field(default_factory=dict)
@@ -59,11 +69,12 @@ class Observed:
     trees: dict[str, PublishedTree] = field(default_factory=dict)  # publish name -> its tree on disk
     # (kind, name) -> why a declared object cannot be applied (a signing key file that is missing)
     problems: dict[tuple[str, str], str] = field(default_factory=dict)
+    pool: PoolDamage = field(default_factory=PoolDamage)
 
 
 @dataclass
 class Change:
-    op: str  # create | update | edit | rename | replace | switch | drop | adopt | noop | unmanaged | error
+    op: str  # create | update | edit | rename | replace | switch | repair | drop | adopt | noop | unmanaged | error
     kind: str  # Mirror | Snapshot | Publish (Owner for a refused spec source)
     name: str
     reason: str = ""
@@ -179,6 +190,8 @@ def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan
         pubs_up.append(change)
     retention = _retention(specs, planned, observed, snaps_up, pubs_up)
     drops = _drops(specs, observed, mirror_rows, snapshot_rows, dropped_snapshots, options)
+    dropped = {c.name for c in retention + drops if c.kind == "Snapshot" and c.op == "drop"}
+    mirrors_up, snaps_up, pubs_up = _repairs(observed.pool, mirrors_up, snaps_up, pubs_up, dropped)
     problems = [Change("error", kind, name, why) for (kind, name), why in sorted(observed.problems.items())]
     return Plan(claims + problems + renames + mirrors_up + snaps_up + pubs_up + retention + drops)
 
@@ -216,6 +229,43 @@ def _adoptions(specs: Specs, mirrors: dict, snapshots: dict, publishes: dict, op
                                   f"rename it here, apply with --owner {row.owner}, or pass --take-over to "
                                   f"take it over", {"owner": row.owner}))
     return out
+
+
+def _repairs(damage: PoolDamage, mirrors: list[Change], snaps: list[Change], pubs: list[Change],
+             dropped: set[str]) -> tuple[list[Change], list[Change], list[Change]]:
+    """Lost pool files: a mirror that lists them re-fetches them (even with upstream
+    unchanged) and the publishes whose trees link them link again; a file no declared
+    mirror lists is an error on each snapshot holding it that this plan keeps."""
+    def repaired(change: Change, count: int, what: str) -> Change:
+        if not count:
+            return change
+        if change.op == "noop":
+            return Change("repair", change.kind, change.name, what, {**change.detail, "poolFiles": count})
+        return replace(change, reason=f"{change.reason}; {what}", detail={**change.detail, "poolFiles": count})
+
+    mirrors = [repaired(c, damage.mirrors.get(c.name, 0), f"{damage.mirrors.get(c.name)} pool file(s) missing, "
+                                                              "re-fetched from upstream")
+               for c in mirrors]
+    pubs = [repaired(c, damage.publishes.get(c.name, 0), f"re-link {damage.publishes.get(c.name)} pool file(s) "
+                                                         "replaced by a mirror repair")
+            for c in pubs]
+    lost_by_snap: dict[str, list[str]] = {}
+    for sha, (path, holders) in sorted(damage.lost.items()):
+        for snap in holders:
+            lost_by_snap.setdefault(snap, []).append(f"{path} ({sha[:12]})")
+    out = []
+    for c in snaps:
+        files = lost_by_snap.pop(c.name, None) if c.op == "noop" else None
+        out.append(c if files is None else _lost(c.name, files))
+    out += [_lost(name, files) for name, files in sorted(lost_by_snap.items()) if name not in dropped]
+    return mirrors, out, pubs
+
+
+def _lost(snapshot: str, files: list[str]) -> Change:
+    shown = ", ".join(files[:5]) + (f" (and {len(files) - 5} more)" if len(files) > 5 else "")
+    return Change("error", "Snapshot", snapshot,
+                  f"{len(files)} pool file(s) missing and no declared mirror lists them: {shown}; restore them "
+                  "into the pool from a backup, or drop or replace the snapshot", {"lostFiles": files})
 
 
 def series_member(name: str, every: str, now: datetime) -> str:
@@ -449,7 +499,7 @@ def _repair(change: Change, doc, row: PublishRow, tree: PublishedTree, now: date
     if why is None:
         return change
     where = f"{doc.spec.prefix}/{doc.spec.distribution}"
-    return Change("update", "Publish", change.name, f"{where}: {why}", {**change.detail, "repair": why})
+    return Change("repair", "Publish", change.name, f"{where}: {why}", {**change.detail, "repair": why})
 
 
 def _own_undeclared(rows: dict, declared: dict, owner: str) -> set[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from reconciler import plan as planner
 from reconciler import tasks, treeverify, upstream
-from reconciler.actions import mirrors, owners, publish, snapshots
+from reconciler.actions import mirrors, owners, publish, repair, snapshots
 from reconciler.errors import ReconcilerError, Refused
 from reconciler.fetch import Fetcher
 from reconciler.loader import Specs
@@ -80,7 +80,7 @@ def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, wit
     upcoming: dict[str, list] = {}
     if with_probe:
         observed.probes = probe(ctx, specs, observed, upcoming)
-    if with_probe:
+        observed.pool = repair.pool_damage(ctx.store(), ctx.pool, set(specs.mirrors))
         observed.problems = unusable_files(specs)
     the_plan = planner.plan(specs, observed, options)
     if with_probe:
@@ -195,7 +195,19 @@ def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=pr
         if line:
             report.lines.append(line)
             echo(line)
+    for line in _lost_files(ctx, specs):
+        report.failures.append(line)
+        echo(f"FAILED {line}")
     return report
+
+
+def _lost_files(ctx: tasks.Context, specs: Specs) -> list[str]:
+    """Pool files still missing after the mirrors had their chance to re-fetch them,
+    which no declared mirror lists: each names the snapshots holding it."""
+    damage = repair.pool_damage(ctx.store(), ctx.pool, set(specs.mirrors))
+    return [f"pool: {path} ({sha[:12]}) is missing and no declared mirror lists it; held by "
+            f"{', '.join(f'snapshot/{s}' for s in snaps)}. Restore it into the pool from a backup, or drop or "
+            "replace those snapshots" for sha, (path, snaps) in sorted(damage.lost.items())]
 
 
 def _blocked(change: planner.Change, specs: Specs, failed: set[str]) -> str | None:

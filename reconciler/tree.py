@@ -42,6 +42,7 @@ share a prefix's pool), holding the locks of all of them.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -59,6 +60,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO
 
+from reconciler import linkworker
 from reconciler.debian.index import (
     COMPRESSED_FORMS,
     IndexWriter,
@@ -70,7 +72,7 @@ from reconciler.debian.index import (
     write_small,
 )
 from reconciler.debian.package import Package, PackageFile
-from reconciler.errors import Conflict, PermanentError
+from reconciler.errors import Conflict, PermanentError, PoolDamaged
 from reconciler.gpg import Signer
 from reconciler.pool import LocalPackagePool, file_sha256
 from reconciler.spec import Compression
@@ -110,6 +112,10 @@ class TreeRequest:
     types: Collection[str] | None = None
     # compressed index forms and their levels, {".gz": 3, ".xz": 0}
     compression: Mapping[str, int] = field(default_factory=lambda: Compression().levels())
+    # sha256s -> {sha256: (size, mtime_ns, inode)} recorded when each pool file was
+    # verified: a file whose identity differs is hashed again before it is linked.
+    # None: link without checking (a pool with no such record).
+    recorded: Callable[[Sequence[str]], Mapping[str, tuple]] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,9 @@ class TreeResult:
     release_sha256: str
     pool_paths: frozenset[str]  # relative to the prefix directory, "pool/main/h/hello/..."
     signed: bool
+    # pool files whose identity had changed, hashed again and found sound: their
+    # identity now, {sha256: (size, mtime_ns, inode)}, for the caller to record
+    confirmed: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -189,7 +198,7 @@ def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None
     target.mkdir(parents=True, exist_ok=True)
     _remove_staging(target)
     stage = Path(tempfile.mkdtemp(dir=target, prefix=STAGING_PREFIX))
-    linker = _Linker(root, pool)
+    linker = _Linker(root, pool, req.recorded)
     try:
         files, counts = _write_indexes(req, stage, linker)
         linker.close()
@@ -215,6 +224,7 @@ def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None
         release_sha256=_sha256(release),
         pool_paths=frozenset(linker.claims),
         signed=signer is not None,
+        confirmed=linker.confirmed,
     )
 
 
@@ -237,20 +247,29 @@ class _Linker:
 
     `add` runs in the publishing thread: it checks the paths and refuses two different
     files under one name (a Conflict) at once, then queues the link for the child
-    (`reconciler.linkworker`), which makes it on the other CPU. `close` waits for the
-    child and settles what it reported (a different file already in place, a file
-    missing from the pool, another filesystem). `claims` (pool path -> sha256, size,
-    package) is the one thing that grows with the publish, a short record per file.
+    (`reconciler.linkworker`), which makes it on the other CPU, each with the identity
+    the pool file had when it was verified (`recorded`): the child links a file only
+    while that identity holds, one stat per file. `close` waits for the child and
+    settles what it reported (a file whose identity changed: hashed again, linked if
+    sound, quarantined if not; a different file already in place; a file missing from
+    the pool; another filesystem). Missing and damaged files are collected and raised
+    together as one PoolDamaged, before anything is switched. `claims` (pool path ->
+    sha256, size, package) is the one thing that grows with the publish, a short
+    record per file.
     """
 
     BATCH = 256
-    PIPE_SIZE = 1 << 20  # pairs in flight, so the publishing thread rarely waits on the child
+    PIPE_SIZE = 1 << 20  # triples in flight, so the publishing thread rarely waits on the child
 
-    def __init__(self, root: Path, pool: LocalPackagePool):
+    def __init__(self, root: Path, pool: LocalPackagePool,
+                 recorded: Callable[[Sequence[str]], Mapping[str, tuple]] | None = None):
         self.root = str(root)
         self.pool = pool
+        self.recorded = recorded
         self.claims: dict[str, tuple[str, int, str]] = {}
-        self._batch: list[bytes] = []
+        self.confirmed: dict[str, tuple[int, int, int]] = {}
+        self.damaged: dict[str, tuple[str, str]] = {}  # sha256 -> (pool path, what is wrong with it)
+        self._batch: list[tuple[str, str, str]] = []  # (sha256, src, dest)
         self._proc: subprocess.Popen | None = None
         self._report: IO[bytes] | None = None
         self._stderr: IO[bytes] | None = None
@@ -262,7 +281,7 @@ class _Linker:
             seen = self.claims.get(path)
             if seen is None:
                 self.claims[path] = (pf.sha256, pf.size, pkg.ref)
-                self._batch.append(os.fsencode(f"{self.pool.path(pf.sha256)}\0{self.root}/{path}\0"))
+                self._batch.append((pf.sha256, str(self.pool.path(pf.sha256)), f"{self.root}/{path}"))
             elif seen[0] != pf.sha256:
                 raise Conflict(
                     f"{path}: claimed by {seen[2]} (size {seen[1]}, sha256 {seen[0]}) "
@@ -271,13 +290,27 @@ class _Linker:
         if len(self._batch) >= self.BATCH:
             self._send()
 
+    def _encoded(self) -> bytes:
+        """The batch as the child reads it; each file with its recorded identity
+        ("-": none asked for, "": none recorded, so it is hashed before it is linked)."""
+        known = self.recorded([sha for sha, _s, _d in self._batch]) if self.recorded else None
+        out = []
+        for sha, src, dest in self._batch:
+            if known is None:
+                ident = "-"
+            else:
+                size, mtime, ino = known.get(sha, (None, None, None))
+                ident = f"{size}:{mtime}:{ino}" if mtime is not None and ino is not None else ""
+            out.append(os.fsencode(f"{src}\0{dest}\0{ident}\0"))
+        return b"".join(out)
+
     def _send(self) -> None:
         if not self._batch:
             return
         if self._proc is None:
             self._start()
         try:
-            self._proc.stdin.write(b"".join(self._batch))
+            self._proc.stdin.write(self._encoded())
             self._proc.stdin.flush()
         except BrokenPipeError:
             self._settle()  # the child stopped early: its report says why
@@ -310,11 +343,63 @@ class _Linker:
             if report["kind"] == "error":
                 raise OSError(report["errno"], report["message"], report["dest"])
             sha256, size, ref = self.claims[rel]
-            _settle(report["kind"], report["src"], report["dest"], PackageFile(rel, size, sha256), ref, rel)
+            self._finish(report["kind"], report["src"], report["dest"], PackageFile(rel, size, sha256), ref, rel)
         if self._proc.returncode != 0:
             self._stderr.seek(0)
             detail = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:]
             raise PermanentError(f"pool links: the link worker failed ({self._proc.returncode}): {' '.join(detail)}")
+        if self.damaged:
+            shown = "; ".join(f"{rel} ({sha[:12]}): {why}" for sha, (rel, why) in list(self.damaged.items())[:10])
+            raise PoolDamaged(f"{len(self.damaged)} pool file(s) cannot be published: {shown}",
+                              {sha: rel for sha, (rel, _why) in self.damaged.items()},
+                              {sha: why for sha, (_rel, why) in self.damaged.items()})
+
+    def _finish(self, kind: str, src: str, dest: str, pf: PackageFile, ref: str, rel: str) -> None:
+        """Finish a link the worker reported: hash a file whose identity changed, copy
+        across filesystems, accept an identical file already in place, replace a
+        damaged one, refuse a different one."""
+        if kind == "nosrc":
+            self.damaged[pf.sha256] = (rel, f"missing from the pool (needed by {ref})")
+            return
+        if kind == "changed":
+            if not self._still_sound(src, pf):
+                where = self.pool.quarantine(pf.sha256)
+                self.damaged[pf.sha256] = (rel, f"the pool file no longer matches its SHA-256 (needed by {ref}); "
+                                                f"moved to {where}")
+                return
+            kind = linkworker.link(src, dest)
+            if kind is None:
+                return
+        if kind == "cross" and _copy_in(src, dest):
+            return
+        if _holds(dest, src, pf):
+            return
+        if self._damaged_copy(dest, pf.sha256):
+            _replace_link(src, dest)
+            return
+        have, size = file_sha256(dest)
+        raise Conflict(
+            f"{rel}: already holds a different file (size {size}, sha256 {have}); "
+            f"{ref} needs size {pf.size}, sha256 {pf.sha256}"
+        )
+
+    def _still_sound(self, src: str, pf: PackageFile) -> bool:
+        """Hash a pool file whose identity changed; remember its new identity if sound."""
+        try:
+            st = os.stat(src)
+            actual, size = file_sha256(Path(src))
+        except FileNotFoundError:
+            return False
+        if (actual, size) != (pf.sha256, pf.size):
+            return False
+        self.confirmed[pf.sha256] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return True
+
+    def _damaged_copy(self, dest: str, sha256: str) -> bool:
+        """Is `dest` the very inode that was quarantined as a damaged copy of this file?
+        (A tree hard-links the pool: an edit in place damaged the tree too.)"""
+        st = os.lstat(dest)
+        return any(os.path.samestat(st, os.lstat(q)) for q in self.pool.quarantined(sha256))
 
     def stop(self) -> None:
         """Stop the child if it still runs (the publish failed); close its files."""
@@ -331,20 +416,13 @@ class _Linker:
                 fh.close()
 
 
-def _settle(kind: str, src: str, dest: str, pf: PackageFile, ref: str, rel: str) -> None:
-    """Finish a link the worker reported: copy across filesystems, accept an identical
-    file already in place, refuse a different one."""
-    if kind == "nosrc":
-        raise PermanentError(f"{ref}: the pool has no file {pf.sha256} ({pf.basename})")
-    if kind == "cross" and _copy_in(src, dest):
-        return
-    if _holds(dest, src, pf):
-        return
-    have, size = file_sha256(dest)
-    raise Conflict(
-        f"{rel}: already holds a different file (size {size}, sha256 {have}); "
-        f"{ref} needs size {pf.size}, sha256 {pf.sha256}"
-    )
+def _replace_link(src: str, dest: str) -> None:
+    """Put a link to `src` at `dest` in one rename: a reader sees the old file or the new."""
+    tmp = f"{dest}.tmp-relink"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.link(src, tmp)
+    os.replace(tmp, dest)
 
 
 def _copy_in(src: str, dest: str) -> bool:

@@ -214,3 +214,26 @@ def test_a_publish_whose_snapshot_content_changed_under_the_same_name_is_switche
                                 probes={"m": planner.Probe(changed=False)})
     [change] = [c for c in planner.plan(specs(*declared), observed).changes if c.kind == "Publish"]
     assert change.op == "switch" and "other packages" in change.reason
+
+
+def test_pool_damage_becomes_repairs_and_files_no_mirror_lists_become_snapshot_errors():
+    """The caller gathers what the pool lost; the plan decides: the mirror listing a file
+    re-fetches it, the publishes linking it link again, a file no declared mirror lists
+    is an error on each snapshot holding it."""
+    s = specs(doc("Mirror", "m", MIRROR_SPEC), doc("Snapshot", "s", {"mirror": "m"}),
+              doc("Snapshot", "t", {"mirror": "m"}),
+              doc("Publish", "p", {"distribution": "stable", "components": {"main": "s"}, "signing": {"skip": True}}))
+    observed = planner.Observed(
+        mirrors={"m": mirror_row("m")}, snapshots={"s": snap_row("s"), "t": snap_row("t")},
+        publishes={"p": pub_row("p", {"main": "s"})}, probes={"m": planner.Probe(changed=False)},
+        pool=planner.PoolDamage(mirrors={"m": 2}, publishes={"p": 2},
+                                lost={"ab" * 32: ("pool/main/x/x_1_amd64.deb", ["t"])}))
+    changes = {(c.kind, c.name): c for c in planner.plan(s, observed).changes}
+    assert (changes[("Mirror", "m")].op, changes[("Mirror", "m")].reason) == \
+        ("repair", "2 pool file(s) missing, re-fetched from upstream")
+    assert changes[("Publish", "p")].op == "repair" and "re-link 2 pool file(s)" in changes[("Publish", "p")].reason
+    assert changes[("Snapshot", "s")].op == "noop"
+    lost = changes[("Snapshot", "t")]
+    assert lost.op == "error" and "pool/main/x/x_1_amd64.deb (abababababab)" in lost.reason
+    assert not planner.plan(s, planner.Observed(mirrors=observed.mirrors, snapshots=observed.snapshots,
+                                                publishes=observed.publishes, probes=observed.probes)).has_changes

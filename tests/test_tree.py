@@ -23,7 +23,7 @@ import pytest
 from reconciler import gpg, tree, treeverify
 from reconciler.debian import index
 from reconciler.debian.package import Package, from_stanza
-from reconciler.errors import Conflict, PermanentError
+from reconciler.errors import Conflict, PermanentError, PoolDamaged
 from reconciler.pool import FilesystemPool
 from tests.support.archive import ArchiveBuilder, corrupt
 
@@ -383,8 +383,10 @@ def test_hostile_source_name_is_refused(tmp_path, pool, packages):
 def test_missing_pool_file_is_reported(tmp_path, pool, packages):
     hello = next(p for p in packages["main"] if p.ref == "hello_1.0-1_amd64")
     pool.remove(hello.files[0].sha256)
-    with pytest.raises(PermanentError, match="the pool has no file"):
+    with pytest.raises(PoolDamaged, match="hello_1.0-1_amd64.deb .*missing from the pool") as info:
         tree.publish_tree(request(tmp_path, packages), pool, None)
+    assert list(info.value.files) == [hello.files[0].sha256]
+    assert not (dists(tmp_path) / "Release").exists()
 
 
 def test_pool_on_another_filesystem_is_copied(tmp_path, packages, upstream):
@@ -658,16 +660,16 @@ def test_the_fast_packages_reader_agrees_with_the_full_parser(tmp_path, pool, pa
 # --- the link worker ----------------------------------------------------------------
 
 
-def test_link_worker_reads_pairs_across_any_chunking():
+def test_link_worker_reads_triples_across_any_chunking():
     from reconciler import linkworker
 
-    data = b"".join(f"/pool/{i}\0/tree/{i}\0".encode() for i in range(50))
+    data = b"".join(f"/pool/{i}\0/tree/{i}\0{i}:5:6\0".encode() for i in range(50))
 
     class Trickle(io.BytesIO):
         def read1(self, size=-1):
             return super().read1(7)
 
-    assert list(linkworker.pairs(Trickle(data))) == [(f"/pool/{i}", f"/tree/{i}") for i in range(50)]
+    assert list(linkworker.triples(Trickle(data))) == [(f"/pool/{i}", f"/tree/{i}", f"{i}:5:6") for i in range(50)]
 
 
 def test_an_unexpected_os_error_in_the_link_worker_fails_the_publish_before_the_switch(tmp_path, pool, packages):

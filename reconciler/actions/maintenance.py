@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from reconciler import locks, tasks, tree
 from reconciler.errors import ReconcilerError, Refused
+from reconciler.pool import file_sha256
 from reconciler.state import db as statedb
 from reconciler.state.stores import Store
 
@@ -100,8 +101,31 @@ def gc(ctx: tasks.Context, *, dry_run: bool = False, include_unrecorded: bool = 
     return tasks.run(ctx, "gc", [locks.POOL], body, pool=False)
 
 
+def _quarantine(ctx: tasks.Context, sha: str) -> str | None:
+    """Move a pool file that failed its hash to quarantine and forget it, as a task
+    holding the pool lock shared like any import (hashed again inside: it may have
+    been repaired meanwhile)."""
+    def body(task: tasks.Task) -> str | None:
+        path = task.pool.path(sha)
+        try:
+            if file_sha256(path)[0] == sha:
+                return None
+        except FileNotFoundError:
+            return None
+        where = task.pool.quarantine(sha)
+        with task.transaction() as tx:
+            tx.forget_pool_file(sha)
+        task.log(f"pool: {sha} quarantined to {where}")
+        return where
+
+    return tasks.run(ctx, f"quarantine pool file {sha[:12]}", [], body)
+
+
 def verify(ctx: tasks.Context, *, deep: bool = False) -> list[str]:
-    """Everything wrong with the root: database, pool files of every list, published trees."""
+    """Everything wrong with the root: database, pool files of every list, published trees.
+
+    With `deep`, a pool file whose content no longer matches its SHA-256 is moved to
+    `pool/quarantine/` (kept as evidence) and forgotten, so the next apply re-fetches it."""
     from reconciler import treeverify
     from reconciler.actions.publish import signer_for, _keyring
     from reconciler.spec import PublishDoc
@@ -118,10 +142,10 @@ def verify(ctx: tasks.Context, *, deep: bool = False) -> list[str]:
             seen.add(sha)
             if not ctx.pool.has(sha, size):
                 problems.append(f"pool: {path} ({sha[:12]}) is missing or has the wrong size")
-            elif deep:
-                from reconciler.pool import file_sha256
-                if file_sha256(ctx.pool.path(sha))[0] != sha:
-                    problems.append(f"pool: {path} ({sha[:12]}) content does not match its SHA-256")
+            elif deep and file_sha256(ctx.pool.path(sha))[0] != sha:
+                where = _quarantine(ctx, sha)
+                moved = f": moved to {where}; the next apply re-fetches it from its mirror" if where else ""
+                problems.append(f"pool: {path} ({sha[:12]}) content does not match its SHA-256{moved}")
     for row in store.publishes.list():
         keyring = None
         doc = PublishDoc.model_validate({"apiVersion": "reconciler/v1", "kind": "Publish",

@@ -13,13 +13,14 @@ mistaken for done (DESIGN rule 3).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
 
 from reconciler import locks, tasks, upstream
-from reconciler.actions import guards
-from reconciler.errors import NotFound, PermanentError, ReconcilerError, Refused
+from reconciler.actions import guards, repair
+from reconciler.errors import NotFound, PermanentError, PoolDamaged, ReconcilerError, Refused
 from reconciler.fetch import Fetcher, Want, join
 from reconciler.plan import MIRROR_CONTENT, removal_refusal, replay_refusal
 from reconciler.spec import MirrorDoc, MirrorSpec
@@ -48,6 +49,9 @@ class SyncResult:
         warn = "".join(f"WARNING: {w}\n" for w in self.warnings)
         if self.action == "up-to-date":
             return f"{warn}mirror/{self.name}: up to date ({self.packages} packages)"
+        if self.action == "repaired":
+            return (f"{warn}mirror/{self.name}: upstream unchanged; re-fetched {self.files} missing pool file(s), "
+                    f"{self.bytes / 1e6:.1f} MB ({self.packages} packages)")
         return (f"{warn}mirror/{self.name}: {self.action} +{self.added} ~{self.changed} -{self.removed}, "
                 f"{self.files} files, {self.bytes / 1e6:.1f} MB ({self.packages} packages)")
 
@@ -125,6 +129,9 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
             with task.transaction() as store:
                 store.mirrors.update(name, spec=wanted, protect=int(doc.metadata.protect), status="ready",
                                      last_error=None)
+        lost = repair.missing_files(task.store, task.pool, task.store.lists.ids(row.list_digest))
+        if lost:
+            return _repair(task, fetcher, release, name, lost, row.num_packages, warnings)
         return SyncResult(name, "up-to-date", packages=row.num_packages, warnings=warnings)
     _check_replay(row, release, force)
     packages = upstream.read_packages(fetcher, release, spec, cache=task.ctx.local("cache") / "indexes")
@@ -178,6 +185,28 @@ def _check_removals(name: str, spec: MirrorSpec, before: int, removed: int, forc
         raise Refused(refusal)
 
 
+def _repair(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, name: str,
+            lost: list[tuple[str, int, str]], packages: int, warnings: list[str]) -> SyncResult:
+    """Re-fetch pool files of the mirror's list that are gone (deleted, or quarantined as
+    damaged) from the unchanged upstream: just those files, each verified against the
+    size and SHA-256 its signed index gave when the list was stored."""
+    wants = [Want(join(release.root, path), path, size, sha) for sha, size, path in lost]
+    recorder = PoolRecorder(task)
+    try:
+        stats = fetcher.download(wants, task.pool, on_imported=recorder.add)
+    finally:
+        recorder.flush()
+    if stats.failed:
+        failed = {sha: path for sha, _size, path in lost if not task.pool.has(sha)}
+        raise PoolDamaged(f"{len(stats.failed)} missing pool file(s) cannot be re-fetched from "
+                          f"upstream ({'; '.join(stats.failed[:5])}); "
+                          + repair.held_by(task.store, failed), failed)
+    result = SyncResult(name, "repaired", files=stats.files, bytes=stats.bytes, packages=packages,
+                        warnings=warnings)
+    task.log(result.line())
+    return result
+
+
 def _download(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, packages) -> object:
     wants = {}
     for pkg in packages:
@@ -207,11 +236,14 @@ class PoolRecorder:
 
     def __init__(self, task: tasks.Task, *, batch: int = 200, interval: float = 0.25):
         self.task, self.batch, self.interval = task, batch, interval
-        self.pending: list[Want] = []
+        self.pending: list[tuple[Want, os.stat_result]] = []
         self.last = time.monotonic()
 
     def add(self, want: Want) -> None:
-        self.pending.append(want)
+        # What identifies the verified file, taken the moment it landed: a publish
+        # links it only while this still holds (pool.py).
+        st = self.task.pool.path(want.sha256).stat()
+        self.pending.append((want, st))
         if len(self.pending) >= self.batch or time.monotonic() - self.last >= self.interval:
             self.flush()
 
@@ -223,14 +255,16 @@ class PoolRecorder:
         unrecorded = {r[0] for r in self.task.store.db.execute(
             "SELECT value FROM json_each(?) WHERE value NOT IN (SELECT sha256 FROM pool_files)",
             (json.dumps([w.sha256 for w in wants]),))}
-        self.pending += [w for w in wants if w.sha256 in unrecorded and self.task.pool.has(w.sha256, w.size)]
+        for want in wants:
+            if want.sha256 in unrecorded and self.task.pool.has(want.sha256, want.size):
+                self.pending.append((want, self.task.pool.path(want.sha256).stat()))
         self.flush()
 
     def flush(self) -> None:
         if self.pending:
             with self.task.transaction() as store:
-                for want in self.pending:
-                    store.record_pool_file(want.sha256, want.size)
+                for want, st in self.pending:
+                    store.record_pool_file(want.sha256, want.size, mtime_ns=st.st_mtime_ns, ino=st.st_ino)
         self.pending, self.last = [], time.monotonic()
 
 

@@ -4,12 +4,19 @@ A publish task locks its distribution, the prefix (distributions under one prefi
 `pool/`, so cleaning it must not race another distribution linking a file), and every
 snapshot it points at (so none can be dropped while it is being published). Inside the
 lock it reloads the snapshots, computes the inputs digest (spec + snapshot contents), and
-does nothing when the tree already reflects exactly those inputs.
+does nothing when the tree already reflects exactly those inputs, unless a pool file the
+tree links was replaced since it was linked (lost or damaged, then re-fetched by its
+mirror: the tree still links the old inode), which links the tree again.
+
+Pool files are linked only while their recorded identity holds (see pool.py); a damaged
+one is quarantined by the tree writer, and the publish fails before the switch naming
+the file, the snapshots that hold it and how it comes back.
 """
 
 from __future__ import annotations
 
 import posixpath
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,10 +24,13 @@ from pathlib import Path
 from reconciler import gpg, locks, tasks, tree, treeverify
 from reconciler.actions import guards
 from reconciler.debian.package import Package
-from reconciler.errors import NotFound, PermanentError, Refused
+from reconciler.errors import NotFound, PermanentError, PoolDamaged, Refused
 from reconciler.plan import inputs_digest, resolve_sources, tree_repair
 from reconciler.spec import PublishDoc, parse_duration
 from reconciler.state.stores import Store
+
+
+SETTLE_NS = 60 * 10**9
 
 
 def _keys(doc: PublishDoc, sources: dict[str, str], where: tuple[str, str] | None) -> list[str]:
@@ -85,18 +95,42 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         if current is not None and (current.prefix, current.distribution) != where:
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
         on_disk = treeverify.published(ctx.publish_root, spec.prefix, spec.distribution)
-        repair = current and tree_repair(spec, current.release_sha256, on_disk, datetime.now(timezone.utc))
-        if current and current.inputs_digest == digest and not repair:
-            return _record_unchanged(task, doc, current, sources)
-        if repair:
-            task.log(f"publish/{name}: {repair}")
-        result = _write(task, doc, sources, current)
+        why = current and tree_repair(spec, current.release_sha256, on_disk, datetime.now(timezone.utc))
+        replaced = 0
+        if current and current.inputs_digest == digest and not why:
+            # Same inputs; but a pool file its tree links may have been replaced since
+            # (lost or damaged, then re-fetched): the tree still links the old inode.
+            checks = [store.replaced_since(store.lists.ids(r.list_digest), current.linked_ns)
+                      for r in rows.values()]
+            replaced = sum(count for count, _latest in checks)
+            if not replaced:
+                # Checked up to the latest record: the next run need not join again. Kept
+                # a minute behind the clock, so a record still being committed by another
+                # task (stamped before it commits) is never passed over.
+                mark = min(min(latest for _count, latest in checks), time.time_ns() - SETTLE_NS)
+                if mark > (current.linked_ns or 0):
+                    with task.transaction() as tx:
+                        tx.publishes.mark_linked(name, mark)
+                return _record_unchanged(task, doc, current, sources)
+        if why:
+            task.log(f"publish/{name}: {why}")
+        linked_ns = time.time_ns()
+        try:
+            result = _write(task, doc, sources, current)
+        except PoolDamaged as exc:
+            raise _damaged(task, name, exc) from None
         with task.transaction() as tx:
             tx.publishes.save(name, owner=owner, prefix=spec.prefix, distribution=spec.distribution, spec=wanted,
                               protect=doc.metadata.protect, sources=sources, inputs_digest=digest,
-                              release_sha256=result.release_sha256)
+                              release_sha256=result.release_sha256, linked_ns=linked_ns)
+            for sha, (size, mtime_ns, ino) in result.confirmed.items():
+                tx.confirm_pool_file(sha, size, mtime_ns, ino)
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(result.counts.items()))
-        message = f"publish/{name}: {'switched' if current else 'published'} {spec.key} ({counts})"
+        verb = f"re-linked {replaced} replaced pool file(s) of" if replaced else "switched" if current else "published"
+        message = f"publish/{name}: {verb} {spec.key} ({counts})"
+        if result.confirmed:
+            message += (f"; {len(result.confirmed)} pool file(s) had changed on disk since they were verified: "
+                        "hashed again, sound")
         task.log(message)
         return message
 
@@ -124,6 +158,27 @@ def _record_unchanged(task: tasks.Task, doc: PublishDoc, current, sources: dict[
     return message
 
 
+def _damaged(task: tasks.Task, name: str, exc: PoolDamaged) -> PoolDamaged:
+    """The publish found pool files missing or damaged (moved to quarantine): forget
+    them in the database, and say which snapshots hold them and how they come back."""
+    holders = task.store.holders(exc.files)
+    with task.transaction() as tx:
+        for sha in exc.files:
+            tx.forget_pool_file(sha)
+    lines = []
+    for sha, path in list(exc.files.items())[:10]:
+        held = holders[sha]
+        snaps = ", ".join(f"snapshot/{s}" for s in held["snapshots"]) or "no snapshot"
+        if held["mirrors"]:
+            fix = f"run apply again: {', '.join(f'mirror/{m}' for m in held['mirrors'])} re-fetches it"
+        else:
+            fix = "no mirror lists it any more: restore it into the pool from a backup, or drop those snapshots"
+        lines.append(f"{path} ({sha[:12]}): {exc.reasons.get(sha, 'damaged')}; held by {snaps}; {fix}")
+    more = f" (and {len(exc.files) - 10} more)" if len(exc.files) > 10 else ""
+    return PoolDamaged(f"not switched, {len(exc.files)} pool file(s) cannot be published: " + "; ".join(lines)
+                       + more, exc.files, exc.reasons)
+
+
 def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) -> tree.TreeResult:
     ctx, spec = task.ctx, doc.spec
     components, kinds = stream_components(task.store, sources)
@@ -135,7 +190,7 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
         suite=spec.suite, codename=spec.codename,
         valid_for=parse_duration(spec.validFor) if spec.validFor else None,
         acquire_by_hash=spec.acquireByHash, description=spec.description,
-        compression=spec.compression.levels())
+        compression=spec.compression.levels(), recorded=task.store.pool_identities)
     # A first publish into a prefix without a pool has nothing to clean up afterwards.
     new_pool = not (tree.prefix_dir(ctx.publish_root, spec.prefix) / "pool").exists()
     signer = signer_for(ctx, doc)

@@ -153,6 +153,16 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX locks_task ON locks(task_id);
     """,
+    # 4: what identifies a verified pool file (a publish links it only while these
+    # still match, else it is hashed again), when its row was (re)recorded, and when
+    # each publish last linked its tree (a file recorded later replaced one it links)
+    """
+    ALTER TABLE pool_files ADD COLUMN mtime_ns INTEGER;
+    ALTER TABLE pool_files ADD COLUMN ino INTEGER;
+    ALTER TABLE pool_files ADD COLUMN recorded_ns INTEGER;
+    CREATE INDEX pool_files_recorded ON pool_files(recorded_ns);
+    ALTER TABLE publishes ADD COLUMN linked_ns INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -126,6 +127,7 @@ class PublishRow:
     release_sha256: str | None
     published_at: str
     num_packages: int
+    linked_ns: int | None = None  # pool files recorded up to then (time.time_ns) are what the tree links
 
 
 class PackageLists:
@@ -309,6 +311,16 @@ class Packages:
             raise StateError(f"package {name}_{version}_{arch} (id {id_}): stored files is not valid JSON; "
                              f"{RESTORE}")
 
+    def files_among(self, ids: Sequence[int], shas: Iterable[str]) -> Iterator[tuple[str, int, str]]:
+        """(sha256, size, path) of the files of these packages that are among `shas`;
+        SQLite reads the stored JSON (~0.1 s for 20,000 packages, half of decoding it here)."""
+        yield from self.db.conn.execute(
+            "SELECT DISTINCT json_extract(f.value, '$[2]'), json_extract(f.value, '$[1]'),"
+            " json_extract(f.value, '$[0]') FROM packages p, json_each(p.files) f"
+            " WHERE p.id IN (SELECT value FROM json_each(?))"
+            " AND json_extract(f.value, '$[2]') IN (SELECT value FROM json_each(?))",
+            (_json_ids(ids), json.dumps(sorted(shas))))
+
     def files(self, ids: Iterable[int]) -> Iterator[tuple[str, int, str]]:
         """(sha256, size, path) of every file of the given packages."""
         for chunk in _chunks(list(ids)):
@@ -476,20 +488,26 @@ class Publishes:
         return [self._row(r) for r in self.db.query("SELECT * FROM publishes WHERE prefix = ?", [prefix])]
 
     def save(self, name: str, *, owner: str, prefix: str, distribution: str, spec: dict, protect: bool,
-             sources: dict[str, str], inputs_digest: str, release_sha256: str | None) -> None:
+             sources: dict[str, str], inputs_digest: str, release_sha256: str | None,
+             linked_ns: int | None = None) -> None:
         self.db.execute(
             "INSERT INTO publishes (name, owner, prefix, distribution, spec, protect, sources, inputs_digest,"
-            " release_sha256, published_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " release_sha256, published_at, linked_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, prefix = excluded.prefix,"
             " distribution = excluded.distribution, spec = excluded.spec, protect = excluded.protect,"
             " sources = excluded.sources, inputs_digest = excluded.inputs_digest,"
-            " release_sha256 = excluded.release_sha256, published_at = excluded.published_at",
+            " release_sha256 = excluded.release_sha256, published_at = excluded.published_at,"
+            " linked_ns = COALESCE(excluded.linked_ns, publishes.linked_ns)",
             (name, owner, prefix, distribution, json.dumps(spec), int(protect), json.dumps(sources),
-             inputs_digest, release_sha256, now()))
+             inputs_digest, release_sha256, now(), linked_ns))
         pid = self.db.execute("SELECT id FROM publishes WHERE name = ?", (name,)).fetchone()[0]
         self.db.execute("DELETE FROM publish_sources WHERE publish_id = ?", (pid,))
         self.db.conn.executemany("INSERT INTO publish_sources (publish_id, component, snapshot) VALUES (?, ?, ?)",
                                  [(pid, comp, snap) for comp, snap in sources.items()])
+
+    def mark_linked(self, name: str, linked_ns: int) -> None:
+        """Every pool file recorded up to `linked_ns` is linked in the tree as it is."""
+        self.db.execute("UPDATE publishes SET linked_ns = ? WHERE name = ?", (linked_ns, name))
 
     def delete(self, name: str) -> None:
         self.db.execute("DELETE FROM publishes WHERE name = ?", (name,))
@@ -554,6 +572,81 @@ class Store:
             found.append(f"package {key} (id {id_}): stored fields or files are not valid JSON; {RESTORE}")
         return found
 
-    def record_pool_file(self, sha256: str, size: int) -> None:
-        self.db.execute("INSERT OR IGNORE INTO pool_files (sha256, size, imported_at) VALUES (?, ?, ?)",
-                        (sha256, size, now()))
+    def record_pool_file(self, sha256: str, size: int, *, mtime_ns: int | None = None,
+                         ino: int | None = None) -> None:
+        """A verified file imported into the pool, with what identifies it on disk.
+
+        A row whose identity changes (the file was re-imported after a loss) gets a new
+        `recorded_ns`: publishes that linked the old inode before then link again."""
+        self.db.execute(
+            "INSERT INTO pool_files (sha256, size, imported_at, mtime_ns, ino, recorded_ns) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (sha256) DO UPDATE SET recorded_ns = CASE WHEN pool_files.ino IS excluded.ino"
+            " AND pool_files.mtime_ns IS excluded.mtime_ns THEN pool_files.recorded_ns ELSE excluded.recorded_ns END,"
+            " size = excluded.size, mtime_ns = excluded.mtime_ns, ino = excluded.ino, imported_at = excluded.imported_at",
+            (sha256, size, now(), mtime_ns, ino, time.time_ns()))
+
+    def confirm_pool_file(self, sha256: str, size: int, mtime_ns: int, ino: int) -> None:
+        """A pool file hashed again and found sound: its identity now, `recorded_ns` kept
+        (the inode the trees link did not change content)."""
+        self.db.execute(
+            "INSERT INTO pool_files (sha256, size, imported_at, mtime_ns, ino) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (sha256) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
+            " ino = excluded.ino", (sha256, size, now(), mtime_ns, ino))
+
+    def forget_pool_file(self, sha256: str) -> None:
+        self.db.execute("DELETE FROM pool_files WHERE sha256 = ?", (sha256,))
+
+    def pool_identities(self, shas: Sequence[str]) -> dict[str, tuple[int, int | None, int | None]]:
+        """sha256 -> (size, mtime_ns, ino) as recorded at import, for the given files."""
+        return {sha: (size, mtime, ino) for sha, size, mtime, ino in self.db.conn.execute(
+            "SELECT sha256, size, mtime_ns, ino FROM pool_files WHERE sha256 IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(shas)),))}
+
+    def holders(self, shas: Iterable[str]) -> dict[str, dict]:
+        """For each file, its path and the mirrors and snapshots whose lists hold it:
+        who can re-fetch it, and what a loss would damage. Reads every list; for the
+        rare case of a damaged file, never on a path that runs when all is well."""
+        wanted = set(shas)
+        out: dict = {sha: {"mirrors": [], "snapshots": [], "path": sha} for sha in wanted}
+        by_id: dict[int, set[str]] = {}
+        for pid, sha, path in self.db.conn.execute(
+                "SELECT p.id, json_extract(f.value, '$[2]'), json_extract(f.value, '$[0]')"
+                " FROM packages p, json_each(p.files) f"
+                " WHERE json_extract(f.value, '$[2]') IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(wanted)),)):
+            by_id.setdefault(pid, set()).add(sha)
+            out[sha]["path"] = path
+        if not by_id:
+            return out
+        rows = [("mirrors", r.name, r.list_digest) for r in self.mirrors.list()]
+        rows += [("snapshots", r.name, r.list_digest) for r in self.snapshots.list()]
+        for kind, name, digest in rows:
+            held = set()
+            for pid in set(self.lists.ids(digest)) & by_id.keys():
+                held |= by_id[pid]
+            for sha in held:
+                out[sha][kind].append(name)
+        return out
+
+    def recorded_shas(self, bucket: str) -> Iterator[str]:
+        """The files starting with `bucket` (two hex digits) that the database says the
+        pool holds: a range of the primary key."""
+        yield from (r[0] for r in self.db.conn.execute(
+            "SELECT sha256 FROM pool_files WHERE sha256 >= ? AND sha256 < ?", (bucket, bucket + "g")))
+
+    def replaced_since(self, ids: Sequence[int], since_ns: int | None) -> tuple[int, int]:
+        """(how many files of these packages were (re)recorded after `since_ns`, the
+        latest `recorded_ns` of the pool): files a tree linked before they were
+        replaced. One indexed read when nothing was recorded since; otherwise a join
+        over the list (~0.2 s for 20,000 packages), after which the caller can move its
+        mark up to the latest time checked."""
+        since = since_ns or 0
+        latest = self.db.execute("SELECT MAX(recorded_ns) FROM pool_files").fetchone()[0] or 0
+        if latest <= since:
+            return 0, latest
+        count = self.db.conn.execute(
+            "SELECT COUNT(DISTINCT pf.sha256) FROM packages p, json_each(p.files) f"
+            " JOIN pool_files pf ON pf.sha256 = json_extract(f.value, '$[2]')"
+            " WHERE p.id IN (SELECT value FROM json_each(?)) AND pf.recorded_ns > ?",
+            (_json_ids(ids), since)).fetchone()[0]
+        return count, latest
