@@ -90,7 +90,7 @@ def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: b
 
     def body(task: tasks.Task) -> SyncResult:
         progress = ctx.progress(f"mirror/{name}") if ctx.progress else None
-        own = fetcher or Fetcher(concurrency=doc.spec.downloadConcurrency, progress=progress)
+        own = fetcher or Fetcher.of(doc.spec, progress=progress)
         try:
             return _sync(task, doc, owner=owner, force=force, fetcher=own)
         finally:
