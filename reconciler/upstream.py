@@ -254,12 +254,13 @@ def read_packages(fetcher: Fetcher, release: Release, spec: MirrorSpec, *, cache
     seen: dict[str, Package] = {}
     missing = []
     for ref in wanted_indexes(release, spec):
+        bounds = expect(release, ref, fetcher.limits)  # before any download: a bomb is refused unread
         path = fetch_index(fetcher, release, ref, cache=cache)
         if path is None:
             if ref.type == "deb":
                 missing.append(ref.path)
             continue
-        for pkg in iter_packages(path, ref, expect(release, ref, fetcher.limits)):
+        for pkg in iter_packages(path, ref, bounds):
             seen.setdefault(pkg.key, pkg)
     if missing:
         raise PermanentError("the Release lists none of these indexes: " + ", ".join(missing))

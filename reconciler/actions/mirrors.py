@@ -175,8 +175,13 @@ def _download(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, pac
     recorder = PoolRecorder(task)
     try:
         stats = fetcher.download(wants.values(), task.pool, on_imported=recorder.add)
-    finally:
-        recorder.flush()
+    except BaseException:
+        try:
+            recorder.flush()
+        except Exception:  # a full disk fails the record too; the download's error is the one to report
+            pass
+        raise
+    recorder.flush()
     if stats.failed:
         shown = "; ".join(stats.failed[:10])
         more = f" (and {len(stats.failed) - 10} more)" if len(stats.failed) > 10 else ""
