@@ -29,6 +29,7 @@ from reconciler.errors import PermanentError, TemporaryError
 USER_AGENT = "reconciler/0.1"
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
+_DEADLINE = "idle timeout + expected size at the minimum rate: spec.network.idleTimeout, minRate"
 
 
 class DeadlineExceeded(TemporaryError):
@@ -175,12 +176,12 @@ class Transport:
                 if token is not None and self.watchdog.release(token):
                     token = None
                     self._forget(parts.scheme, parts.netloc)
-                    raise DeadlineExceeded(f"{original}: cut off at its deadline ({exc})") from exc
+                    raise DeadlineExceeded(f"{original}: cut off at its deadline ({_DEADLINE}; {exc})") from exc
                 raise
             finally:
                 if token is not None and self.watchdog.release(token):
                     self._forget(parts.scheme, parts.netloc)
-                    raise DeadlineExceeded(f"{original}: cut off at its deadline")
+                    raise DeadlineExceeded(f"{original}: cut off at its deadline ({_DEADLINE})")
         raise PermanentError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
     def _send(self, scheme: str, netloc: str, target: str, url: str, headers: dict,

@@ -12,6 +12,16 @@ takes ~8 s for Debian's main Packages file where this one takes ~0.5 s. It retur
 values exactly as `Deb822` does (first line stripped, continuation lines kept with
 their leading whitespace, `#` comment lines dropped), so stanzas read either way
 compare equal; the test suite checks that on a real index.
+
+Upstream indexes are hostile input even when signed. `open_index(path, Expect(...))`
+decompresses as a stream that stops at the first byte past its bounds (the plain
+form's size as the Release lists it, or a configured maximum; and a maximum for one
+stanza, so one endless line cannot grow in memory) and, at the end, checks the plain
+form's size and SHA256 when the Release lists them: a gzip or xz bomb is an error
+within a megabyte, with memory flat. `parse_release` keeps a malformed or
+self-contradicting file row out of `files` and names it in `bad`, so a reader that
+needs that file refuses it instead of skipping it silently. Continuation lines are
+joined once per field, so a field of a million short lines costs linear time.
 """
 
 from __future__ import annotations
