@@ -133,8 +133,7 @@ class Fetcher:
     def _get(self, url: str, missing_ok: bool, limit: int) -> bytes | None:
         with self.transport.get(url, deadline=self._deadline(limit)) as response:
             if response.status == 404 and missing_ok:
-                response.read()
-                return None
+                return None  # body unread: the transport drops the connection, whatever its size
             self._raise_for(url, response.status)
             out = io.BytesIO()
             try:
@@ -161,7 +160,6 @@ class Fetcher:
     def _get_file(self, url: str, dest: Path, size: int, what: str, missing_ok: bool) -> str | None:
         with self.transport.get(url, deadline=self._deadline(size)) as response:
             if response.status == 404 and missing_ok:
-                response.read()
                 return None
             if response.status == 404:
                 raise PermanentError(f"{what}: HTTP 404 at {url}")
@@ -202,12 +200,14 @@ class Fetcher:
         """When a request for `nbytes` must be done: one idle timeout plus the bytes at minRate."""
         return time.monotonic() + self.idle + nbytes / self.network.minRate
 
-    def _copy(self, source, out: BinaryIO, digest, *, what: str, limit: int, got: int = 0) -> int:
+    def _copy(self, source, out: BinaryIO, digest, *, what: str, limit: int, got: int = 0,
+              report: bool = False) -> int:
         """Copy `source` (a response or a file) into `out` until EOF; return the bytes in `out`.
 
         Never reads past `limit` + 1 bytes in all (LimitError); below `minRate` on
         average after the first idle timeout, or no byte for an idle timeout, it is a
-        TemporaryError; a failed write is a StorageError.
+        TemporaryError; a failed write is a StorageError. `report`: count the bytes in
+        the progress display (package files; metadata is not in its totals).
         """
         start, first = time.monotonic(), got
         read = source.read1 if hasattr(source, "read1") else source.read
@@ -234,7 +234,7 @@ class Fetcher:
                                    "next run") from exc
             if digest is not None:
                 digest.update(chunk)
-            if self.progress and isinstance(source, http.client.HTTPResponse):
+            if report and self.progress:
                 self.progress.advance(len(chunk))
             elapsed = time.monotonic() - start
             if elapsed > self.idle + (got - first) / self.network.minRate:
@@ -332,7 +332,7 @@ class Fetcher:
             with _open_for_write(part, "ab" if resume else "wb", want.path) as fh:
                 try:
                     got = self._copy(response, fh, digest, what=want.path, limit=want.size,
-                                     got=have if resume else 0)
+                                     got=have if resume else 0, report=True)
                 except LimitError:
                     fh.close()
                     part.unlink(missing_ok=True)

@@ -96,6 +96,16 @@ class _Watchdog:
             self.cond.notify()
 
 
+def _discard(response: http.client.HTTPResponse, forget) -> None:
+    """Drop a body nobody reads: a small one is read to keep the connection, any other
+    (no length, or a hostile endless one) costs the connection instead."""
+    length = response.getheader("Content-Length") or ""
+    if length.isascii() and length.isdigit() and int(length) <= 65536:
+        response.read()
+    else:
+        forget()
+
+
 def _cut(conn: http.client.HTTPConnection | None) -> None:
     sock = conn.sock if conn is not None else None
     if sock is not None:
@@ -161,7 +171,7 @@ class Transport:
                 response = self._send(parts.scheme, parts.netloc, target, url, headers or {}, token)
                 location = response.getheader("Location")
                 if response.status in REDIRECTS and location:
-                    response.read()
+                    _discard(response, lambda: self._forget(parts.scheme, parts.netloc))
                     url = urllib.parse.urljoin(url, location)
                     continue
                 try:
