@@ -205,7 +205,8 @@ def test_truncated_body_never_writes_or_deletes_a_part_file_outside_the_root(tmp
     ("MD5sum", "../../x", "MD5"),
     ("Filename", None, "lacks field Filename"),
     ("SHA256", None, "lacks field SHA256"),
-])
+], ids=["size-abc", "size-negative", "size-huge", "size-superscript", "sha256-short", "sha512-not-hex",
+        "md5-path", "no-filename", "no-sha256"])
 def test_malformed_values_of_a_signed_stanza_refuse_the_index(world, field, value, message):
     world.tamper("hello", **{field: value})
     world.mirror()
@@ -356,7 +357,7 @@ FAST = "  network: {idleTimeout: 1s, minRate: 2000, retries: 0}\n"
     ("slow", "below spec.network.minRate (2000 bytes/s)"),  # 200 bytes/s: below minRate
     ("hang", "no data for 1 s"),               # stalls after the first bytes
     ("silent", "no answer within 1 s"),        # never answers at all
-])
+], ids=["trickle", "slow", "hang", "silent"])
 def test_a_stalling_server_fails_fast_and_releases_the_lock(world, how, message):
     deb = world.archive.filename("hello")
     if how == "trickle":
@@ -511,7 +512,8 @@ def _broken_inrelease(archive: BuiltArchive, how: str) -> None:
     ("size-abc", "Size 'abc' is not a size"),
     ("no-filename", "lacks field Filename"),
     ("no-version", "lacks field Version"),
-])
+], ids=["no-signature-block", "garbage", "no-blank-line", "not-utf8-release", "size-abc", "no-filename",
+        "no-version"])
 def test_malformed_upstream_fails_that_mirror_only(tmp_path, http_server, gpg_key, how, message):
     w = World(tmp_path, http_server, gpg_key)
     bad = small_builder().build(tmp_path / "bad", distribution="stable", sign_with=gpg_key)
