@@ -95,6 +95,11 @@ class VerifyError(PermanentError):
     """A signature, size or checksum did not match what the signed metadata says."""
 
 
+class LimitError(PermanentError):
+    """An upstream file or value went past what its signed metadata promised or a configured
+    limit allows (spec.limits): the file is refused, never read on."""
+
+
 class StorageError(ReconcilerError):
     """The disk refused a write: full, read-only, or no permission."""
 

@@ -1,6 +1,8 @@
 """The one download path: every byte from an upstream archive comes through here.
 
-- `get` reads small metadata (Release, indexes) whole, from http(s) or file URLs.
+- `get` reads small metadata (Release, InRelease, Release.gpg) whole, at most
+  `limits.maxReleaseBytes` of it; `get_file` streams an index into a file, at most the
+  size the signed Release lists.
 - `download` fetches package files concurrently into the pool. Each file is streamed
   into a stable partial path (`pool/tmp/<sha256>.part`), hashed as it arrives, and the
   moment it is complete and matches the size and SHA-256 the signed index gave, it is
@@ -8,25 +10,35 @@
   database. A run killed half-way therefore loses at most the files in flight, and a
   partial file is continued with an HTTP Range request on the next run.
 
-Connection errors, timeouts and 5xx are retried with exponential backoff; a 404 fails
-that file at once; a checksum mismatch deletes the partial file and names the file.
+What upstream sends is bounded by what it signed: reading stops at the first byte past
+the promised size and that file fails (its partial is deleted: it is not a prefix of
+the right file). Every request has a deadline, `network.idleTimeout + size /
+network.minRate`, and a body that falls below `minRate` on average fails as soon as it
+does, so a server that trickles cannot hold a task (and its locks) for long.
+
+Connection errors, timeouts and 5xx are retried `network.retries` times with
+exponential backoff; a 404 fails that file at once; a checksum mismatch deletes the
+partial file and names the file. A local write that fails (disk full, read-only) is a
+StorageError at once, not retried, and the partial stays for the next run.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
+import http.client
+import io
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Protocol
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
-from reconciler.errors import PermanentError, TemporaryError, VerifyError
+from reconciler.errors import LimitError, PermanentError, StorageError, TemporaryError, VerifyError
 from reconciler.pool import CHUNK, LocalPackagePool
+from reconciler.spec import Limits, MirrorSpec, Network
 from reconciler.transport import Transport, read_errors
 
 
@@ -71,13 +83,22 @@ def join(base: str, path: str) -> str:
 
 
 class Fetcher:
-    def __init__(self, *, concurrency: int = 4, retries: int = 4, timeout: float = 60.0,
-                 backoff: float = 0.5, progress: Progress | None = None):
+    def __init__(self, *, concurrency: int = 4, network: Network | None = None, limits: Limits | None = None,
+                 retries: int | None = None, backoff: float = 0.5, progress: Progress | None = None):
         self.concurrency = concurrency
-        self.retries = retries
+        self.network = network or Network()
+        self.limits = limits or Limits()
+        self.retries = self.network.retries if retries is None else retries
         self.backoff = backoff
         self.progress = progress
-        self.transport = Transport(timeout=timeout)
+        self.idle = self.network.idle_seconds
+        self.transport = Transport(timeout=self.idle)
+
+    @classmethod
+    def of(cls, spec: MirrorSpec, *, progress: Progress | None = None) -> Fetcher:
+        """A fetcher with a mirror's concurrency, network settings and limits."""
+        return cls(concurrency=spec.downloadConcurrency, network=spec.network, limits=spec.limits,
+                   progress=progress)
 
     def close(self) -> None:
         self.transport.close()
@@ -90,28 +111,71 @@ class Fetcher:
 
     # -- small files ---------------------------------------------------------------
 
-    def get(self, url: str, *, missing_ok: bool = False) -> bytes | None:
-        """The whole body of `url`; None for a missing file when `missing_ok`."""
+    def get(self, url: str, *, missing_ok: bool = False, limit: int | None = None) -> bytes | None:
+        """The whole body of `url` (at most `limit`, default limits.maxReleaseBytes);
+        None for a missing file when `missing_ok`."""
+        limit = self.limits.maxReleaseBytes if limit is None else limit
         if url.startswith("file:"):
-            path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
             try:
-                return path.read_bytes()
+                with open(_file_path(url), "rb") as fh:
+                    data = fh.read(limit + 1)
             except FileNotFoundError:
                 if missing_ok:
                     return None
                 raise PermanentError(f"{url}: not found") from None
-        return self._retrying(lambda: self._get(url, missing_ok))
+            except OSError as exc:
+                raise PermanentError(f"{url}: {exc.strerror or exc}") from None
+            if len(data) > limit:
+                raise LimitError(f"{url}: larger than {limit} bytes (spec.limits.maxReleaseBytes)")
+            return data
+        return self._retrying(lambda: self._get(url, missing_ok, limit))
 
-    def _get(self, url: str, missing_ok: bool) -> bytes | None:
-        with self.transport.get(url) as response:
+    def _get(self, url: str, missing_ok: bool, limit: int) -> bytes | None:
+        with self.transport.get(url, deadline=self._deadline(limit)) as response:
             if response.status == 404 and missing_ok:
-                response.read()
-                return None
+                return None  # body unread: the transport drops the connection, whatever its size
             self._raise_for(url, response.status)
+            out = io.BytesIO()
             try:
-                return response.read()
-            except read_errors() as exc:
-                raise TemporaryError(f"{url}: {exc!r}") from exc
+                self._copy(response, out, None, what=url, limit=limit)
+            except LimitError:
+                raise LimitError(f"{url}: larger than {limit} bytes (spec.limits.maxReleaseBytes)") from None
+            return out.getvalue()
+
+    def get_file(self, url: str, dest: Path, *, size: int, what: str, missing_ok: bool = False) -> str | None:
+        """Stream `url` into `dest` (replaced): exactly `size` bytes, or an error; the SHA-256.
+        None for a missing file when `missing_ok`."""
+        if url.startswith("file:"):
+            src = _file_path(url)
+            if not src.exists():
+                if missing_ok:
+                    return None
+                raise PermanentError(f"{what}: not found at {url}")
+            if src.stat().st_size != size:
+                raise VerifyError(f"{what}: {src.stat().st_size} bytes at {url}, its Release says {size}")
+            with open(src, "rb") as fh:
+                return self._write(fh, dest, size=size, what=what)
+        return self._retrying(lambda: self._get_file(url, dest, size, what, missing_ok))
+
+    def _get_file(self, url: str, dest: Path, size: int, what: str, missing_ok: bool) -> str | None:
+        with self.transport.get(url, deadline=self._deadline(size)) as response:
+            if response.status == 404 and missing_ok:
+                return None
+            if response.status == 404:
+                raise PermanentError(f"{what}: HTTP 404 at {url}")
+            self._raise_for(url, response.status)
+            return self._write(response, dest, size=size, what=what)
+
+    def _write(self, source, dest: Path, *, size: int, what: str) -> str:
+        digest = hashlib.sha256()
+        with _open_for_write(dest, "wb", what) as fh:
+            try:
+                got = self._copy(source, fh, digest, what=what, limit=size)
+            except LimitError:
+                raise LimitError(f"{what}: upstream sent more than the {size} bytes its Release lists") from None
+        if got != size:
+            raise TemporaryError(f"{what}: truncated download ({got} of {size} bytes)")
+        return digest.hexdigest()
 
     @staticmethod
     def _raise_for(url: str, status: int) -> None:
@@ -130,11 +194,61 @@ class Fetcher:
                 time.sleep(self.backoff * (2 ** attempt))
         raise AssertionError("unreachable")
 
+    # -- the body of every response --------------------------------------------------
+
+    def _deadline(self, nbytes: int) -> float:
+        """When a request for `nbytes` must be done: one idle timeout plus the bytes at minRate."""
+        return time.monotonic() + self.idle + nbytes / self.network.minRate
+
+    def _copy(self, source, out: BinaryIO, digest, *, what: str, limit: int, got: int = 0,
+              report: bool = False) -> int:
+        """Copy `source` (a response or a file) into `out` until EOF; return the bytes in `out`.
+
+        Never reads past `limit` + 1 bytes in all (LimitError); below `minRate` on
+        average after the first idle timeout, or no byte for an idle timeout, it is a
+        TemporaryError; a failed write is a StorageError. `report`: count the bytes in
+        the progress display (package files; metadata is not in its totals).
+        """
+        start, first = time.monotonic(), got
+        read = source.read1 if hasattr(source, "read1") else source.read
+        while True:
+            try:
+                chunk = read(min(CHUNK, limit + 1 - got))
+            except TimeoutError as exc:
+                raise TemporaryError(f"{what}: no data for {self.idle:g} s after {got} bytes "
+                                     "(spec.network.idleTimeout)") from exc
+            except read_errors() as exc:  # cut mid-file: what landed stays for a Range retry
+                raise TemporaryError(f"{what}: connection lost after {got} bytes ({exc!r})") from exc
+            if not chunk:
+                if isinstance(source, http.client.HTTPResponse):
+                    source.read()  # marks a fully read response closed, so its connection is kept
+                return got
+            got += len(chunk)
+            if got > limit:
+                raise LimitError(f"{what}: more than {limit} bytes")
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                raise StorageError(f"{what}: cannot write {getattr(out, 'name', 'the download')}: "
+                                   f"{exc.strerror or exc}; a partial download stays and resumes on the "
+                                   "next run") from exc
+            if digest is not None:
+                digest.update(chunk)
+            if report and self.progress:
+                self.progress.advance(len(chunk))
+            elapsed = time.monotonic() - start
+            if elapsed > self.idle + (got - first) / self.network.minRate:
+                raise TemporaryError(f"{what}: too slow, {got - first} bytes in {elapsed:.0f} s, below "
+                                     f"spec.network.minRate ({self.network.minRate} bytes/s)")
+
     # -- package files -------------------------------------------------------------
 
     def download(self, wants: Iterable[Want], pool: LocalPackagePool, *,
                  on_imported: Callable[[Want], None]) -> Stats:
-        """Bring every wanted file into the pool; report failures together at the end."""
+        """Bring every wanted file into the pool; report failures together at the end.
+
+        A StorageError (the local disk refused a write) stops the whole download at
+        once: every other file would fail the same way."""
         stats = Stats()
         todo = []
         for want in wants:
@@ -154,6 +268,10 @@ class Fetcher:
                     on_imported(want)
                 except (PermanentError, TemporaryError) as exc:
                     errors.append(str(exc))
+                except (StorageError, OSError):
+                    for other in futures:
+                        other.cancel()
+                    raise
                 if self.progress:
                     self.progress.file_done()
         stats.failed = sorted(errors)
@@ -170,10 +288,14 @@ class Fetcher:
                 part.unlink(missing_ok=True)
         digest = None
         if want.url.startswith("file:"):
-            src = Path(urllib.parse.unquote(urllib.parse.urlparse(want.url).path))
+            src = _file_path(want.url)
             if not src.exists():
                 raise PermanentError(f"{want.path}: not found at {want.url}")
-            shutil.copyfile(src, part)
+            if src.stat().st_size != want.size:
+                raise VerifyError(f"{want.path}: {src.stat().st_size} bytes at {want.url}, its index says "
+                                  f"{want.size}; not imported")
+            with open(src, "rb") as fh, _open_for_write(part, "wb", want.path) as out:
+                self._copy(fh, out, None, what=want.path, limit=want.size)
         else:
             digest = self._retrying(lambda: self._stream(want, part))
         try:
@@ -194,7 +316,7 @@ class Fetcher:
             part.unlink()
             have = 0
         headers = {"Range": f"bytes={have}-"} if have else {}
-        with self.transport.get(want.url, headers) as response:
+        with self.transport.get(want.url, headers, deadline=self._deadline(want.size - have)) as response:
             if response.status == 404:
                 raise PermanentError(f"{want.path}: HTTP 404 at {want.url}")
             served = _served_size(response)
@@ -207,20 +329,29 @@ class Fetcher:
             self._raise_for(want.url, response.status)
             resume = bool(have) and response.status == 206
             digest = _hash_prefix(part) if resume else hashlib.sha256()
-            got = have if resume else 0
-            with open(part, "ab" if resume else "wb") as fh:
+            with _open_for_write(part, "ab" if resume else "wb", want.path) as fh:
                 try:
-                    while chunk := response.read(CHUNK):
-                        fh.write(chunk)
-                        digest.update(chunk)
-                        got += len(chunk)
-                        if self.progress:
-                            self.progress.advance(len(chunk))
-                except read_errors() as exc:  # cut mid-file: what landed stays for a Range retry
-                    raise TemporaryError(f"{want.path}: connection lost after {got} bytes ({exc!r})") from exc
+                    got = self._copy(response, fh, digest, what=want.path, limit=want.size,
+                                     got=have if resume else 0, report=True)
+                except LimitError:
+                    fh.close()
+                    part.unlink(missing_ok=True)
+                    raise LimitError(f"{want.path}: upstream sent more than the {want.size} bytes its index "
+                                     "lists; not imported") from None
         if got < want.size:
             raise TemporaryError(f"{want.path}: truncated download ({got} of {want.size} bytes)")
         return digest.hexdigest()
+
+
+def _file_path(url: str) -> Path:
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+
+
+def _open_for_write(path: Path, mode: str, what: str) -> BinaryIO:
+    try:
+        return open(path, mode)
+    except OSError as exc:
+        raise StorageError(f"{what}: cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _size(path: Path) -> int | None:
@@ -248,7 +379,7 @@ def _served_size(response) -> int | None:
         total = response.getheader("Content-Length") or ""
     else:
         return None
-    return int(total) if total.isdigit() else None
+    return int(total) if total.isascii() and total.isdigit() else None
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 from reconciler.loader import Specs
-from reconciler.spec import Compression, parse_duration
+from reconciler.spec import Compression, Limits, Network, parse_duration
 from reconciler.state.stores import MirrorRow, PublishRow, SnapshotRow
 
 MIRROR_CONTENT = ("url", "distribution", "components", "architectures", "filter", "filterWithDeps",
@@ -152,6 +152,16 @@ def inputs_digest(spec: dict, digests: dict[str, str]) -> str:
     body["signing"] = {k: v for k, v in spec["signing"].items() if k != "passphraseFile"}
     body["lists"] = digests
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# The same for the Mirror spec: a mirror stored before these existed is not "edited".
+_MIRROR_LATER_DEFAULTS = {"checkValidUntil": True, "network": Network().model_dump(mode="json"),
+                          "limits": Limits().model_dump(mode="json")}
+
+
+def mirror_fields(spec: dict) -> dict:
+    """A mirror spec as plans compare it: without later-added fields at their defaults."""
+    return {k: v for k, v in spec.items() if not (k in _MIRROR_LATER_DEFAULTS and v == _MIRROR_LATER_DEFAULTS[k])}
 
 
 def _diff_fields(before: dict, after: dict) -> list[str]:
@@ -392,7 +402,7 @@ def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None, force: b
         if counts:
             reason += f": {counts['numPackages']} packages, {counts['downloadBytes'] / 1e6:.1f} MB to download"
         return Change("create", "Mirror", name, reason, counts)
-    edited = _diff_fields(row.spec, wanted)
+    edited = _diff_fields(mirror_fields(row.spec), mirror_fields(wanted))
     if row.protect != doc.metadata.protect:
         edited.append("metadata.protect")
     upstream_changed = probe.changed if probe else None

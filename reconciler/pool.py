@@ -19,21 +19,39 @@ the database also records what identifies each verified file (`identity`: size,
 mtime_ns, inode; not ctime, which every new hard link changes) and a publish links a
 file only while that identity still holds. A file found damaged is moved to
 `quarantine/` (kept as evidence, never deleted) and re-fetched by its mirror.
+
+A key is data from an upstream index, so `FilesystemPool` never makes a path of one
+unchecked: a key that is not 64 lowercase hex digits, or a temporary name that is not
+`<key>.part`, is a `BadKey` error, never a path (a second line of defence behind the
+index parser).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from reconciler.errors import VerifyError
+from reconciler.errors import PermanentError, VerifyError
 
 CHUNK = 1 << 20
+_KEY = re.compile(r"[0-9a-f]{64}")
+_TEMP = re.compile(r"[0-9a-f]{64}\.part")
+
+
+class BadKey(PermanentError):
+    """A pool key or temporary name that is not a SHA-256 digest: refused, never a path."""
+
+
+def check_key(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _KEY.fullmatch(sha256):
+        raise BadKey(f"pool key {str(sha256)[:100]!r} is not a SHA-256 digest (64 lowercase hex digits)")
+    return sha256
 
 
 @runtime_checkable
@@ -94,10 +112,14 @@ class FilesystemPool:
         self.tmp.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha256: str) -> Path:
+        check_key(sha256)
         return self.files / sha256[:2] / sha256
 
     def temp_path(self, name: str) -> Path:
-        """A stable partial-download path: a resumed download finds what the last run wrote."""
+        """A stable partial-download path (`<sha256>.part`): a resumed download finds what the
+        last run wrote."""
+        if not isinstance(name, str) or not _TEMP.fullmatch(name):
+            raise BadKey(f"pool temporary name {str(name)[:100]!r} is not '<sha256>.part'")
         return self.tmp / name
 
     def has(self, sha256: str, size: int | None = None) -> bool:
@@ -193,5 +215,5 @@ class FilesystemPool:
                 continue
             with os.scandir(bucket) as entries:
                 for entry in entries:
-                    if entry.is_file() and len(entry.name) == 64:
+                    if entry.is_file() and _KEY.fullmatch(entry.name):
                         yield entry.name, entry.stat().st_size

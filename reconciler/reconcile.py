@@ -39,22 +39,26 @@ def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
           upcoming: dict[str, list] | None = None) -> dict[str, planner.Probe]:
     """Read each mirror's upstream (Release, and indexes when it changed); download no package.
 
+    Each mirror is read with its own network settings and limits, through the same
+    `upstream` calls its sync makes, so what sync would refuse (an expired Release, a
+    bomb, a stall) shows here as that mirror's error.
+
     `upcoming` receives, for each changed mirror that a declared snapshot is taken
     from, the package list its update would store: plan previews of those snapshots
     show what they will hold, not what the mirror holds now."""
     store = ctx.store()
     wanted_by = {d.spec.mirror for d in specs.snapshots.values() if d.spec.mirror}
     out = {}
-    with Fetcher() as fetcher:
-        for name, doc in specs.mirrors.items():
-            row = observed.mirrors.get(name) or observed.mirrors.get(doc.metadata.renamedFrom or "")
-            try:
+    for name, doc in specs.mirrors.items():
+        row = observed.mirrors.get(name) or observed.mirrors.get(doc.metadata.renamedFrom or "")
+        try:
+            with Fetcher.of(doc.spec) as fetcher:  # the mirror's own limits, as its sync uses
                 out[name], packages = _probe_one(ctx, store, fetcher, doc, row)
-            except ReconcilerError as exc:
-                out[name] = planner.Probe(changed=True, error=str(exc))
-                continue
-            if upcoming is not None and packages is not None and name in wanted_by:
-                upcoming[name] = packages
+        except ReconcilerError as exc:
+            out[name] = planner.Probe(changed=True, error=str(exc))
+            continue
+        if upcoming is not None and packages is not None and name in wanted_by:
+            upcoming[name] = packages
     return out
 
 

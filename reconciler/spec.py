@@ -38,6 +38,39 @@ class Metadata(Strict):
     protect: bool = False
 
 
+class Network(Strict):
+    """How requests to the upstream behave (issue 12 adds proxy, TLS and header settings here).
+
+    Every request has two bounds: no byte for `idleTimeout` fails it, and so does falling
+    below `minRate` on average after the first `idleTimeout`, which makes the overall
+    deadline of a file of N bytes `idleTimeout + N / minRate`. A failed request is tried
+    `retries` more times, with backoff."""
+
+    idleTimeout: str = Field("30s", description="No byte for this long fails a request (30s, 2m)")
+    minRate: int = Field(4096, ge=1, description="Bytes per second a download must average")
+    retries: int = Field(4, ge=0, le=20, description="Further attempts after a network failure")
+
+    @field_validator("idleTimeout")
+    @classmethod
+    def _idle(cls, value: str) -> str:
+        if parse_duration(value).total_seconds() < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
+    @property
+    def idle_seconds(self) -> float:
+        return parse_duration(self.idleTimeout).total_seconds()
+
+
+class Limits(Strict):
+    """Upper bounds on what an upstream may make us read, whatever its signed files claim."""
+
+    maxReleaseBytes: int = Field(8 << 20, ge=1 << 10, description="InRelease, Release, Release.gpg")
+    maxIndexBytes: int = Field(1 << 30, ge=1 << 10,
+                               description="One index (Packages, Sources), compressed or decompressed")
+    maxStanzaBytes: int = Field(1 << 20, ge=1 << 10, description="One stanza (and so one line) of an index")
+
+
 class MirrorSpec(Strict):
     url: str = Field(description="Archive root: http://, https://, file:// (or file:RELATIVE to the spec file)")
     distribution: str = Field(description="Suite or codename; ending in '/' means a flat repository")
@@ -53,6 +86,9 @@ class MirrorSpec(Strict):
     verifySignature: bool = True
     maxRemovalPercent: float = Field(20, ge=0, le=100)
     downloadConcurrency: int = Field(4, ge=1, le=64)
+    checkValidUntil: bool = Field(True, description="Refuse an upstream Release past its Valid-Until, as apt does")
+    network: Network = Field(default_factory=Network)
+    limits: Limits = Field(default_factory=Limits)
 
     @field_validator("url")
     @classmethod

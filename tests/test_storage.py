@@ -7,13 +7,11 @@ not allowed), so the disk really fills and really turns read-only.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-
-import pytest
 
 from tests.support import examples
 from tests.support.cli import reconciler
+from tests.support.disk import small_disk  # noqa: F401  (a fixture)
 
 SPEC = """\
 apiVersion: reconciler/v1
@@ -25,17 +23,6 @@ spec:
   components: [main]
   keyrings: [{keyring}]
 """
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root and permission to mount a tmpfs")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 cli = reconciler

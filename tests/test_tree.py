@@ -597,14 +597,17 @@ def test_iter_stanzas_round_trips_non_utf8_bytes():
 
 
 def test_parse_release_collects_sizes_and_digests():
+    a, b, c = "a" * 32, "b" * 64, "c" * 64
     info = index.parse_release(
         "Origin: X\nComponents: main contrib\nAcquire-By-Hash: yes\n"
-        "MD5Sum:\n aa 10 main/binary-amd64/Packages\n"
-        "SHA256:\n BB 10 main/binary-amd64/Packages\n cc   7 main/Contents-amd64\n"
+        f"MD5Sum:\n {a} 10 main/binary-amd64/Packages\n"
+        f"SHA256:\n {b.upper()} 10 main/binary-amd64/Packages\n {c}   7 main/Contents-amd64\n"
+        " ../../etc/passwd 7 main/binary-i386/Packages\n"
     )
     assert info.components == ["main", "contrib"] and info.acquire_by_hash
-    assert info.files == {"main/binary-amd64/Packages": (10, {"md5": "aa", "sha256": "bb"}),
-                          "main/Contents-amd64": (7, {"sha256": "cc"})}
+    assert info.files == {"main/binary-amd64/Packages": (10, {"md5": a, "sha256": b}),
+                          "main/Contents-amd64": (7, {"sha256": c})}
+    assert "malformed SHA256 row" in info.bad["main/binary-i386/Packages"]
 
 
 # --- streaming input and index compression ----------------------------------------

@@ -96,7 +96,7 @@ def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: b
 
     def body(task: tasks.Task) -> SyncResult:
         progress = ctx.progress(f"mirror/{name}") if ctx.progress else None
-        own = fetcher or Fetcher(concurrency=doc.spec.downloadConcurrency, progress=progress)
+        own = fetcher or Fetcher.of(doc.spec, progress=progress)
         try:
             return _sync(task, doc, owner=owner, force=force, fetcher=own)
         except ReconcilerError as exc:
@@ -216,8 +216,13 @@ def _download(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, pac
     recorder.adopt(wants.values())
     try:
         stats = fetcher.download(wants.values(), task.pool, on_imported=recorder.add)
-    finally:
-        recorder.flush()
+    except BaseException:
+        try:
+            recorder.flush()
+        except Exception:  # a full disk fails the record too; the download's error is the one to report
+            pass
+        raise
+    recorder.flush()
     if stats.failed:
         shown = "; ".join(stats.failed[:10])
         more = f" (and {len(stats.failed) - 10} more)" if len(stats.failed) > 10 else ""

@@ -2,8 +2,10 @@
 
 Resume, retry and integrity tests need to see exactly what a client fetched and to
 make the network misbehave on cue: fail the next N requests for a path, close a
-response after N bytes while promising the whole length, stall, or trickle bytes so a
-process can be killed half-way through a download. `http.server` does the HTTP; this
+response after N bytes while promising the whole length, stall, trickle bytes so a
+process can be killed half-way through a download, or (`endless`) send a body with no
+Content-Length that never ends, as a hostile upstream would to fill a client's disk
+or memory. `http.server` does the HTTP; this
 module adds byte ranges (`Range: bytes=N-` / `N-M`, answered 206 with
 `Content-Range`, as a real archive host does for resumed downloads), HEAD, the log and
 the fault rules. Everything is in-process and deterministic: no sleeps in tests, wait
@@ -57,7 +59,7 @@ class Request:
 @dataclass
 class _Rule:
     test: Callable[[str], bool]
-    action: str  # fail | truncate | hang | slow | throttle
+    action: str  # fail | truncate | hang | slow | throttle | endless
     value: float
     times: int | None  # None: every matching request
     after: int | None = None  # hang: body bytes sent before stalling
@@ -73,6 +75,7 @@ class _Plan:
     hang: bool = False
     delay: float = 0.0
     rate: float | None = None
+    endless: bool = False
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -130,9 +133,25 @@ class _Handler(BaseHTTPRequestHandler):
         if span == "invalid":
             return self._error(entry, 416, {"Content-Range": f"bytes */{size}"})
         start, end = span or (0, size - 1)
+        if plan.endless:
+            return self._endless(entry, file, owner)
         self._headers(entry, 206 if span else 200, start, end, size, file)
         if not head:
             self._body(entry, file, start, end - start + 1, plan, owner)
+
+    def _endless(self, entry: Request, file: Path, owner: "ArchiveServer") -> None:
+        """200 without Content-Length: the file, then filler until the client goes or stop()."""
+        entry.status = 200
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        self.wfile.write(file.read_bytes())
+        filler = b"A" * _CHUNK
+        while not owner._stopping.is_set():
+            self.wfile.write(filler)  # raises once the client hangs up
+            entry.sent += len(filler)
 
     def _error(self, entry: Request, status: int, headers: dict | None = None) -> None:
         body = f"{status}\n".encode()
@@ -321,6 +340,10 @@ class ArchiveServer:
         be killed mid-file."""
         self._add(_Rule(_matcher(match), "throttle", bytes_per_second, times))
 
+    def endless(self, match: Match, *, times: int | None = None) -> None:
+        """Answer matching requests with the file and then endless filler, no Content-Length."""
+        self._add(_Rule(_matcher(match), "endless", 0, times))
+
     def reset(self) -> None:
         """Drop every fault rule (the log is kept; see clear())."""
         with self._lock:
@@ -381,3 +404,5 @@ def _apply(plan: _Plan, rule: _Rule) -> None:
         plan.delay += rule.value
     elif rule.action == "throttle":
         plan.rate = rule.value
+    elif rule.action == "endless":
+        plan.endless = True

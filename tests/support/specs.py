@@ -1,4 +1,5 @@
-"""Spec documents the end-to-end tests write: the one Mirror they all start from."""
+"""Spec documents the end-to-end tests write: the one Mirror they all start from, and
+the plain Snapshot and Publish that take it further."""
 
 from __future__ import annotations
 
@@ -19,3 +20,26 @@ spec:
   architectures: [amd64]
   keyrings: [{keyring}]
 {extra}"""
+
+
+def snapshot(name: str, mirror: str) -> str:
+    """A Snapshot of mirror `mirror`."""
+    return f"""\
+apiVersion: reconciler/v1
+kind: Snapshot
+metadata: {{name: {name}}}
+spec: {{mirror: {mirror}}}
+"""
+
+
+def publish(name: str, snapshot: str, *, distribution: str = "stable") -> str:
+    """An unsigned Publish of `snapshot` as component main at the publish root."""
+    return f"""\
+apiVersion: reconciler/v1
+kind: Publish
+metadata: {{name: {name}}}
+spec:
+  distribution: {distribution}
+  components: {{main: {snapshot}}}
+  signing: {{skip: true}}
+"""
