@@ -1,6 +1,6 @@
 """The content-addressed package pool: every package file stored once, keyed by SHA-256.
 
-Two capabilities, split on purpose (STYLE habit 6):
+Two capabilities, split on purpose (callers ask for the capability they need):
 
 - `PackagePool` is what every backend offers: does it hold a verified file, import a
   file, open one for reading, remove one. Code that only needs these asks for this.

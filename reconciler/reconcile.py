@@ -2,7 +2,7 @@
 
 The CLI (`plan`, `apply`), `watch` and `serve` all come through here, so there is one
 reconcile loop. Apply does not replay the plan's findings: each action is a task that
-re-derives inside its lock what is still to do (STYLE habit 4); the plan only fixes the
+re-derives inside its lock what is still to do (store the intent, recompute the delta inside the task); the plan only fixes the
 order and refuses up front what must not start (errors, in-use drops).
 """
 

@@ -3,7 +3,7 @@
 `run(ctx, name, keys, fn)` records the task, takes the locks on `keys` (canonical order,
 waiting up to the context's timeout), and only then hands `fn` a `Task` with a fresh
 connection to the database. Nothing loaded before the lock can leak in: `fn` receives
-no objects, only the task, and loads what it needs by name (STYLE habit 2).
+no objects, only the task, and loads what it needs by name (nothing loaded before the lock is used after it).
 
 `fn` reads outside any transaction (safe: the resource locks keep other tasks off the
 objects it reads) and makes its whole state change inside one `task.transaction()`, so

@@ -1,6 +1,6 @@
 """Reading an upstream APT archive: the signed Release, then the indexes it vouches for.
 
-Trust flows down one chain (DESIGN rule 5): the Release is verified with gpgv against
+Trust flows down one chain: the Release is verified with gpgv against
 the spec's keyrings; each index is checked for size and SHA-256 against the Release;
 each package file will later be checked against its index stanza. A `Filename` that
 would leave the archive root refuses the whole index: an archive that serves one

@@ -1,13 +1,13 @@
 """Mirror mutations, each a locked task that reloads the mirror fresh inside the lock.
 
 `sync` is create, edit and update in one: the intent is "this mirror, per this spec,
-equals upstream now", and the task re-derives inside the lock what that takes (STYLE
-habit 4). Upstream unchanged, spec content unchanged and the last update complete:
+equals upstream now", and the task re-derives inside the lock what that takes, never
+replaying a stale plan. Upstream unchanged, spec content unchanged and the last update complete:
 nothing to do, one request spent. Otherwise it reads the indexes, computes the new
 list, downloads what the pool lacks (each file imported the moment it verifies), and
 switches the list, the spec and the Release digest in one transaction. The Release
 digest is stored only with a completed list, so an interrupted update is never
-mistaken for done (DESIGN rule 3).
+mistaken for done: a peer tool publishes an empty component after that mistake.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Creating a snapshot from a mirror locks the mirror as well as the new name, so a drop of
 that mirror cannot interleave: either the drop runs first and the create finds no mirror,
-or the create runs first and the drop finds a user (STYLE habit 3). A merge locks its
+or the create runs first and the drop finds a user (a guard and whatever could break it take the same lock key). A merge locks its
 source snapshots so none of them can be dropped half-way.
 """
 

@@ -1,6 +1,6 @@
 """Per-kind stores over the state database.
 
-Shallow and complete loads are different calls (STYLE habit 7): `get`/`list` return
+Shallow and complete loads are different calls (listing must never pay for package lists): `get`/`list` return
 rows with their package count and never touch the package lists; `PackageLists.ids`
 and `Packages.load` read a list on purpose. A store never opens a connection of its
 own: a task hands it the connection it runs its transaction on.
