@@ -1,4 +1,9 @@
-"""The printed table and the JSON file: one row per step, both tools side by side."""
+"""The printed table and the JSON file: one row per step, every tool side by side.
+
+The first run is ours (reconciler), the others are the peers. `best peer/ours` divides
+the seconds of the faster peer that has the step by ours: above 1, reconciler beats
+every peer on that step.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +11,59 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.measure import Measurement
 from bench.scenario import RESUME, STEPS, ToolRun
-
-COLUMNS = ("step", "reconciler s", "aptly s", "aptly/ours", "reconciler MB", "aptly MB", "reconciler cpu s",
-           "aptly cpu s")
 
 
 @dataclass
 class Row:
     step: str
-    reconciler_s: float | None
-    aptly_s: float | None
-    ratio: float | None  # aptly seconds / reconciler seconds: > 1 means reconciler is faster
-    reconciler_rss_mb: float | None
-    aptly_rss_mb: float | None
-    reconciler_cpu_s: float | None  # user + system: how much of the wall time the tool itself worked
-    aptly_cpu_s: float | None
+    seconds: dict[str, float | None]  # tool name -> wall seconds (None: no such step)
+    rss_mb: dict[str, float | None]  # tool name -> peak RSS of the step
+    cpu_s: dict[str, float | None]  # user + system: how much of the wall time the tool itself worked
+    ratio_to_ours: dict[str, float | None]  # peer name -> peer seconds / ours: > 1 means reconciler is faster
+    best_peer: str | None  # the faster of the peers that have the step (None when ours has none)
+    best_peer_ratio: float | None  # best peer's seconds / ours
 
     @classmethod
-    def of(cls, step: str, ours: Measurement | None, theirs: Measurement | None) -> "Row":
-        ratio = round(theirs.seconds / ours.seconds, 2) if ours and theirs and ours.seconds else None
-        return cls(step, ours and ours.seconds, theirs and theirs.seconds, ratio,
-                   ours and ours.peak_rss_mb, theirs and theirs.peak_rss_mb,
-                   ours and ours.cpu_seconds, theirs and theirs.cpu_seconds)
+    def of(cls, step: str, runs: list[ToolRun]) -> "Row":
+        measured = {run.tool.name: run.steps.get(step) for run in runs}
+        ours, *peers = measured
+        seconds = {name: m and m.seconds for name, m in measured.items()}
+        ratios = {peer: _ratio(seconds[peer], seconds[ours]) for peer in peers}
+        timed = [(seconds[peer], peer) for peer in peers if ratios[peer] is not None]
+        best = min(timed)[1] if timed else None
+        return cls(step, seconds, {name: m and m.peak_rss_mb for name, m in measured.items()},
+                   {name: m and m.cpu_seconds for name, m in measured.items()}, ratios,
+                   best, ratios[best] if best else None)
 
     def cells(self) -> list[str]:
-        values = (self.reconciler_s, self.aptly_s, self.ratio, self.reconciler_rss_mb, self.aptly_rss_mb,
-                  self.reconciler_cpu_s, self.aptly_cpu_s)
-        return [self.step, *(_cell(v) for v in values)]
+        names = list(self.seconds)
+        return [self.step, *(_cell(self.seconds[n]) for n in names), _cell(self.best_peer_ratio),
+                self.best_peer or "—", *(_cell(self.rss_mb[n]) for n in names),
+                *(_cell(self.cpu_s[n]) for n in names)]
+
+
+def columns(names: list[str]) -> list[str]:
+    return ["step", *(f"{n} s" for n in names), "best peer/ours", "best peer", *(f"{n} MB" for n in names),
+            *(f"{n} cpu s" for n in names)]
+
+
+def _ratio(theirs: float | None, ours: float | None) -> float | None:
+    return round(theirs / ours, 2) if theirs and ours else None
 
 
 def _cell(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
-def rows(ours: ToolRun, aptly: ToolRun) -> list[Row]:
-    return [Row.of(s, ours.steps.get(s), aptly.steps.get(s)) for s in STEPS
-            if s in ours.steps or s in aptly.steps]
+def rows(runs: list[ToolRun]) -> list[Row]:
+    return [Row.of(s, runs) for s in STEPS if any(s in run.steps for run in runs)]
 
 
-def table(title: str, the_rows: list[Row], notes: list[str]) -> str:
-    cells = [list(COLUMNS)] + [r.cells() for r in the_rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+def table(title: str, runs: list[ToolRun], notes: list[str]) -> str:
+    header = columns([run.tool.name for run in runs])
+    cells = [header] + [r.cells() for r in rows(runs)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     lines = [title]
     for i, row in enumerate(cells):
         lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
@@ -57,9 +72,9 @@ def table(title: str, the_rows: list[Row], notes: list[str]) -> str:
     return "\n".join(lines + notes)
 
 
-def resume_notes(ours: ToolRun, aptly: ToolRun) -> list[str]:
+def resume_notes(runs: list[ToolRun]) -> list[str]:
     notes = [f"{RESUME}: package requests of the rerun, against what the kill left missing:"]
-    for run in (ours, aptly):
+    for run in runs:
         r = run.resume
         if r is None:
             continue
@@ -69,10 +84,10 @@ def resume_notes(ours: ToolRun, aptly: ToolRun) -> list[str]:
     return notes
 
 
-def size_result(n: int, info: dict, ours: ToolRun, aptly: ToolRun) -> dict:
-    return {"packages": n, **info, "rows": [asdict(r) for r in rows(ours, aptly)],
-            "steps": {run.tool.name: {k: m.to_json() for k, m in run.steps.items()} for run in (ours, aptly)},
-            "resume": {run.tool.name: _resume_json(run) for run in (ours, aptly)}}
+def size_result(n: int, info: dict, runs: list[ToolRun]) -> dict:
+    return {"packages": n, **info, "rows": [asdict(r) for r in rows(runs)],
+            "steps": {run.tool.name: {k: m.to_json() for k, m in run.steps.items()} for run in runs},
+            "resume": {run.tool.name: _resume_json(run) for run in runs}}
 
 
 def _resume_json(run: ToolRun) -> dict | None:

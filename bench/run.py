@@ -1,9 +1,9 @@
-"""Benchmark reconciler against aptly, side by side in one run.
+"""Benchmark reconciler against aptly and reprepro, side by side in one run.
 
     .venv/bin/python -m bench.run --sizes 2000,20000
 
 For each size: build a signed synthetic archive, serve it on 127.0.0.1, run every step
-of `bench.scenario` with both tools (each step a fresh child process, timed, peak RSS
+of `bench.scenario` with every tool (each step a fresh child process, timed, peak RSS
 from its rusage), print a table and write bench/results/latest.json. See README.md.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import report, scenario
 from bench.scenario import ToolRun
-from bench.tools import APTLY, Aptly, Keys, Reconciler
+from bench.tools import APTLY, REPREPRO, TOOLS, Keys
 from bench.upstream import Upstream
 from tests.support import gpgkeys
 
@@ -39,11 +39,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def make_keys(work: Path) -> tuple[Keys, list[gpgkeys.GpgKey]]:
+    """The upstream key, the publishing key, and a copy of the publishing key with the
+    upstream public key beside it for reprepro. The first key returned is upstream's."""
     upstream = gpgkeys.generate(work / "keys" / "upstream", "Bench Upstream")
     signing = gpgkeys.generate(work / "keys" / "signing", "Bench Signing")
-    keys = Keys(upstream.public_keyring, signing.fingerprint, signing.secret_armored,
-                signing.public_keyring, signing.home)
-    return keys, [upstream, signing]
+    reprepro = gpgkeys.load(work / "keys" / "reprepro", signing.secret_armored, "Bench Signing")
+    reprepro.gpg("--import", upstream.public_keyring)
+    keys = Keys(upstream.public_keyring, upstream.fingerprint, signing.fingerprint, signing.secret_armored,
+                signing.public_keyring, signing.home, reprepro.home)
+    return keys, [upstream, signing, reprepro]
 
 
 def bench_size(n: int, args: argparse.Namespace, work: Path, keys: Keys, upstream_key) -> dict:
@@ -53,32 +57,30 @@ def bench_size(n: int, args: argparse.Namespace, work: Path, keys: Keys, upstrea
     upstream.day_one()
     built = time.perf_counter() - started
     try:
-        ours, aptly = _run_days(upstream, base, keys)
-        _run_resume(upstream, base, keys, ours, aptly)
+        runs = _run_days(upstream, base, keys)
+        _run_resume(upstream, base, keys, runs)
     finally:
         upstream.stop()
     info = {"pad": args.pad, "deb_mb_day_one": _deb_mb(upstream.root), "archive_build_s": round(built, 1),
             "next_day": upstream.changed, "packages_day_two": upstream.package_count()}
-    _print_size(n, info, ours, aptly)
-    return report.size_result(n, info, ours, aptly)
+    _print_size(n, info, runs)
+    return report.size_result(n, info, runs)
 
 
-def _run_days(upstream: Upstream, base: Path, keys: Keys) -> tuple[ToolRun, ToolRun]:
-    logs = base / "logs"
-    ours = ToolRun(Reconciler(base / "reconciler", upstream.url, keys), logs)
-    aptly = ToolRun(Aptly(base / "aptly", upstream.url, keys), logs)
-    for run in (ours, aptly):
+def _run_days(upstream: Upstream, base: Path, keys: Keys) -> list[ToolRun]:
+    """Day one for every tool, then upstream's next day, then day two for every tool."""
+    runs = [ToolRun(tool(base / tool.name, upstream.url, keys), base / "logs") for tool in TOOLS]
+    for run in runs:
         scenario.day_one(run)
     upstream.next_day()
-    for run in (ours, aptly):
+    for run in runs:
         scenario.day_two(run)
-    return ours, aptly
+    return runs
 
 
-def _run_resume(upstream: Upstream, base: Path, keys: Keys, ours: ToolRun, aptly: ToolRun) -> None:
-    for main, tool in ((ours, Reconciler(base / "reconciler-resume", upstream.url, keys)),
-                       (aptly, Aptly(base / "aptly-resume", upstream.url, keys))):
-        fresh = ToolRun(tool, main.logs)
+def _run_resume(upstream: Upstream, base: Path, keys: Keys, runs: list[ToolRun]) -> None:
+    for main in runs:
+        fresh = ToolRun(type(main.tool)(base / f"{main.tool.name}-resume", upstream.url, keys), main.logs)
         scenario.resume(fresh, upstream)
         main.steps[scenario.RESUME] = fresh.steps[scenario.RESUME]
         main.resume = fresh.resume
@@ -89,18 +91,21 @@ def _deb_mb(root: Path) -> float:
     return round(total / 1e6, 1)
 
 
-def _print_size(n: int, info: dict, ours: ToolRun, aptly: ToolRun) -> None:
+def _print_size(n: int, info: dict, runs: list[ToolRun]) -> None:
     title = (f"\n== {n} packages: {info['deb_mb_day_one']} MB of .deb (pad {info['pad']} B); next day "
              f"{info['next_day']['new_versions']} new versions, {info['next_day']['removed']} removed ==")
-    print(report.table(title, report.rows(ours, aptly), report.resume_notes(ours, aptly)), flush=True)
+    print(report.table(title, runs, report.resume_notes(runs)), flush=True)
 
 
 def environment() -> dict:
     aptly = subprocess.run([APTLY, "version"], capture_output=True, text=True).stdout.strip()
+    reprepro = subprocess.run([REPREPRO, "--version"], capture_output=True, text=True)
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-            "aptly": aptly, "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
-            "signing": "both sign with the same throwaway key; aptly verifies the upstream Release "
-                       "with -keyring (gpgDisableVerify false)"}
+            "aptly": aptly, "reprepro": (reprepro.stdout + reprepro.stderr).strip(),
+            "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
+            "signing": "all sign with the same throwaway key; aptly verifies the upstream Release "
+                       "with -keyring (gpgDisableVerify false), reprepro with VerifyRelease (the "
+                       "upstream key's long ID, its public key in reprepro's GNUPGHOME)"}
 
 
 def compile_bytecode() -> None:

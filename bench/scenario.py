@@ -1,9 +1,10 @@
-"""The steps, run for both tools against one upstream, in the order that makes sense.
+"""The steps, run for every tool against one upstream, in the order that makes sense.
 
 Day one: mirror create (aptly only), full sync, no-change re-run, snapshot, first
-publish. Then upstream moves to day two: next-day update, second snapshot, publish
-switch. Last, resume: a fresh mirror of the day-two archive, killed with SIGKILL when
-the server has seen half of the package requests, then run again.
+publish (not reprepro). Then upstream moves to day two: next-day update, second
+snapshot, publish switch (not reprepro). Last, resume: a fresh mirror of the day-two
+archive, killed with SIGKILL when the server has seen half of the package requests,
+then run again. A step a tool has no equivalent for is left out of its `steps`.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def resume(run: ToolRun, upstream: Upstream) -> None:
         killed = _kill_half_way(run, server, upstream.package_count())
     finally:
         server.reset()
+    tool.after_kill()
     complete = {r.path for r in server.requests(DEB, method="GET") if r.complete}
     server.clear()
     run.step(RESUME, tool.update())

@@ -9,7 +9,8 @@ Python's start-up and imports are then ~0.4 s of every step. In a deployment,
 and then calls `POST /api/reconcile?wait=1`, which answers when a reconcile that
 started after the call has finished. The figure is the wall time of that call. Peak
 memory is the serve process's high-water mark (VmHWM) after the step, so it only
-grows. aptly's figures to compare with are in the `bench.run` table of the same size.
+grows. The peers' figures (aptly, reprepro) to compare with are in the `bench.run`
+table of the same size: take its best peer per step.
 """
 
 from __future__ import annotations

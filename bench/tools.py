@@ -1,11 +1,14 @@
-"""The two tools under test, as command lines for each step of the scenario.
+"""The three tools under test, as command lines for each step of the scenario.
 
-Both expose the same verbs: `update()` (sync the mirror with upstream: a full sync
-the first time, an incremental one later), `snapshot(name)`, `publish(snapshot)`
-(first publish, or a switch when already published). `reconciler` is driven the
-GitOps way: each step writes the spec set as it stands at that point and runs
-`reconciler apply` on all of it, so each of its steps also re-checks the mirror's
-upstream Release (one request and a gpgv). `aptly` runs its imperative commands.
+All expose the same verbs: `create()` (make the mirror, where that is a step of its
+own), `update()` (sync the mirror with upstream: a full sync the first time, an
+incremental one later), `snapshot(name)`, `publish(snapshot)` (first publish, or a
+switch when already published) and `after_kill()` (what an operator must do before
+rerunning a step that was killed). A verb the tool has no equivalent for returns None
+and the step is reported as not applicable. `reconciler` is driven the GitOps way:
+each step writes the spec set as it stands at that point and runs `reconciler apply`
+on all of it, so each of its steps also re-checks the mirror's upstream Release (one
+request and a gpgv). `aptly` and `reprepro` run their imperative commands.
 """
 
 from __future__ import annotations
@@ -23,18 +26,23 @@ from bench.upstream import DISTRIBUTION
 MIRROR = "bench"
 RECONCILER = str(Path(sys.executable).parent / "reconciler")
 APTLY = "/usr/bin/aptly"
+REPREPRO = "/usr/bin/reprepro"
 
 
 @dataclass
 class Keys:
-    """The upstream archive's public keyring and the publishing key (fingerprint, armored
-    secret, binary public keyring, and a GNUPGHOME holding it for aptly)."""
+    """The upstream archive's public keyring and fingerprint, the publishing key
+    (fingerprint, armored secret, binary public keyring, and a GNUPGHOME holding it for
+    aptly), and reprepro's GNUPGHOME: the publishing secret key plus the upstream public
+    key, since reprepro signs and verifies through gpgme with one keyring."""
 
     upstream_keyring: Path
+    upstream_fpr: str
     signing_fpr: str
     signing_secret: Path
     signing_keyring: Path
     signing_home: Path
+    reprepro_home: Path
 
 
 @dataclass
@@ -67,6 +75,9 @@ class Reconciler:
     def publish(self, snapshot: str) -> list[str]:
         self.published = snapshot
         return self._apply()
+
+    def after_kill(self) -> None:
+        """Nothing: the next apply takes over."""
 
     def env(self) -> dict[str, str]:
         return dict(os.environ)
@@ -127,6 +138,9 @@ class Aptly:
                              f"-distribution={DISTRIBUTION}", snapshot)
         return self._cmd("publish", "switch", *self._signing(), DISTRIBUTION, snapshot)
 
+    def after_kill(self) -> None:
+        """Nothing: aptly sees that the PID in its lock is gone (the scenario waits for that)."""
+
     def env(self) -> dict[str, str]:
         """aptly signs through gpg, which finds the secret key in GNUPGHOME."""
         return {**os.environ, "GNUPGHOME": str(self.keys.signing_home)}
@@ -140,3 +154,70 @@ class Aptly:
 
     def _cmd(self, *args: str) -> list[str]:
         return [APTLY, f"-config={self.config}", *args]
+
+
+@dataclass
+class Reprepro:
+    """reprepro 5.3: one distribution whose `Update:` rule pulls the upstream.
+
+    `reprepro update` downloads what changed (through apt's http method), imports it and
+    exports the signed dists/ tree in the same run: its publish is part of every update.
+    `gensnapshot` writes dists/CODENAME/snapshots/NAME as a signed tree of its own and
+    references its pool files, so a snapshot is published when it is made. There is no
+    step that publishes a snapshot, or switches a published tree to another one.
+    """
+
+    name = "reprepro"
+    root: Path
+    url: str
+    keys: Keys
+
+    def prepare(self) -> None:
+        """Write conf/: the distribution (signed with the publishing key, indices as
+        reconciler writes them: plain, .gz, .xz) and its update rule (Release verified
+        against the upstream key: reprepro takes its long key ID, not a fingerprint).
+
+        `Update: - upstream`: the leading "-" marks every package for deletion unless the
+        rule provides it, so the distribution is exactly upstream, as a mirror is. With
+        `Update: upstream` alone, packages removed upstream would stay."""
+        conf = self.root / "conf"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "distributions").write_text(_stanza(
+            Codename=DISTRIBUTION, Architectures="amd64", Components="main",
+            DebIndices="Packages Release . .gz .xz", SignWith=self.keys.signing_fpr, Update="- upstream"))
+        (conf / "updates").write_text(_stanza(
+            Name="upstream", Method=self.url, Suite=DISTRIBUTION, Components="main",
+            Architectures="amd64", VerifyRelease=self.keys.upstream_fpr[-16:]))
+
+    def create(self) -> list[str] | None:
+        """No separate step: the first update creates the database."""
+        return None
+
+    def update(self) -> list[str]:
+        return self._cmd("update", DISTRIBUTION)
+
+    def snapshot(self, name: str) -> list[str]:
+        return self._cmd("gensnapshot", DISTRIBUTION, name)
+
+    def publish(self, snapshot: str) -> list[str] | None:
+        """Not applicable: `update` exports the distribution, `gensnapshot` the snapshot."""
+        return None
+
+    def after_kill(self) -> None:
+        """Remove the stale db/lockfile, as reprepro(1) says to after it was killed:
+        reprepro refuses to start while it exists."""
+        (self.root / "db" / "lockfile").unlink(missing_ok=True)
+
+    def env(self) -> dict[str, str]:
+        """gpgme (signing and verification) finds both keys in GNUPGHOME."""
+        return {**os.environ, "GNUPGHOME": str(self.keys.reprepro_home)}
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [REPREPRO, "--basedir", str(self.root), *args]
+
+
+def _stanza(**fields: str) -> str:
+    return "".join(f"{k}: {v}\n" for k, v in fields.items())
+
+
+TOOLS = (Reconciler, Aptly, Reprepro)  # ours first, then the peers
