@@ -72,6 +72,11 @@ def table(title: str, runs: list[ToolRun], notes: list[str]) -> str:
     return "\n".join(lines + notes)
 
 
+def notes(runs: list[ToolRun]) -> list[str]:
+    """What the table cannot say: each tool's own notes, then the resume counts."""
+    return [line for run in runs for line in run.tool.notes] + resume_notes(runs)
+
+
 def resume_notes(runs: list[ToolRun]) -> list[str]:
     notes = [f"{RESUME}: package requests of the rerun, against what the kill left missing:"]
     for run in runs:

@@ -94,7 +94,7 @@ def _deb_mb(root: Path) -> float:
 def _print_size(n: int, info: dict, runs: list[ToolRun]) -> None:
     title = (f"\n== {n} packages: {info['deb_mb_day_one']} MB of .deb (pad {info['pad']} B); next day "
              f"{info['next_day']['new_versions']} new versions, {info['next_day']['removed']} removed ==")
-    print(report.table(title, runs, report.resume_notes(runs)), flush=True)
+    print(report.table(title, runs, report.notes(runs)), flush=True)
 
 
 def environment() -> dict:

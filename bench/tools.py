@@ -48,6 +48,7 @@ class Keys:
 @dataclass
 class Reconciler:
     name = "reconciler"
+    notes = ()  # printed under the table
     root: Path
     url: str
     keys: Keys
@@ -105,6 +106,7 @@ def _doc(kind: str, name: str, spec: dict) -> dict:
 @dataclass
 class Aptly:
     name = "aptly"
+    notes = ()  # printed under the table
     root: Path
     url: str
     keys: Keys
@@ -168,6 +170,9 @@ class Reprepro:
     """
 
     name = "reprepro"
+    notes = ("reprepro: every update also exports the signed dists/ tree (its publish is part of its sync "
+             "rows); gensnapshot writes a signed snapshot tree; no mirror create, first publish or switch (—)",
+             "reprepro: db/lockfile of the killed run removed before the rerun, as reprepro(1) says (untimed)")
     root: Path
     url: str
     keys: Keys
