@@ -96,7 +96,7 @@ def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: b
 
     def body(task: tasks.Task) -> SyncResult:
         progress = ctx.progress(f"mirror/{name}") if ctx.progress else None
-        own = fetcher or Fetcher.of(doc.spec, progress=progress)
+        own = fetcher or Fetcher.of(doc.spec, progress=progress, log=task.log)
         try:
             return _sync(task, doc, owner=owner, force=force, fetcher=own)
         except ReconcilerError as exc:
