@@ -267,10 +267,10 @@ class Transport:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._forget(scheme, netloc)
                 if attempt == 2:
-                    raise _failure(url, exc, parts, route, self.timeout) from exc
+                    raise _failure(url, exc, parts, route, self.timeout, bool(self.client_cert)) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._forget(scheme, netloc)
-                raise _failure(url, exc, parts, route, self.timeout) from exc
+                raise _failure(url, exc, parts, route, self.timeout, bool(self.client_cert)) from exc
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -299,7 +299,7 @@ def _tls_context(ca_file: str | None, client_cert: str | None, client_key: str |
 
 
 def _failure(url: str, exc: BaseException, parts: urllib.parse.SplitResult, route: _Route,
-             timeout: float) -> TemporaryError | PermanentError:
+             timeout: float, with_cert: bool) -> TemporaryError | PermanentError:
     """`exc` said in words, as the error to raise: Permanent where a retry cannot help."""
     host = parts.hostname or parts.netloc
     peer = f"proxy {route.proxy}" if route.proxy else f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
@@ -312,6 +312,11 @@ def _failure(url: str, exc: BaseException, parts: urllib.parse.SplitResult, rout
         hint = ("; the server requires a client certificate (spec.network.clientCertFile)"
                 if "CERTIFICATE_REQUIRED" in text or "HANDSHAKE_FAILURE" in text else "")
         return PermanentError(f"{url}: TLS with {host} failed: {exc.reason or exc}{hint}")
+    if parts.scheme == "https" and not with_cert and isinstance(exc, (ssl.SSLEOFError, ConnectionResetError)):
+        # What a TLS 1.3 server that insists on a client certificate often leaves: its
+        # alert races our request and is lost to the reset.
+        return TemporaryError(f"{url}: {host} closed the TLS connection: if it requires a client "
+                              "certificate, set spec.network.clientCertFile and clientKeyFile")
     if text.startswith("Tunnel connection failed"):
         status = text.partition(":")[2].strip()
         error = PermanentError if status[:1] == "4" else TemporaryError
