@@ -87,7 +87,7 @@ class Network(Strict):
             if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
                 raise ValueError("must be http://[USER:PASSWORD@]HOST[:PORT], or \"\" for no proxy")
             try:
-                parts.port
+                _ = parts.port  # raises on a bad port
             except ValueError as exc:
                 raise ValueError(f"bad port: {exc}") from None
         return value
@@ -116,8 +116,8 @@ class Network(Strict):
     @model_serializer(mode="wrap")
     def _dump(self, handler):
         out = handler(self)
-        for name in _NETWORK_LATER:
-            if name in out and out[name] == _NETWORK_LATER[name]:
+        for name, default in _NETWORK_LATER.items():
+            if name in out and out[name] == default:
                 del out[name]
         return out
 

@@ -19,6 +19,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from typer.testing import CliRunner
@@ -167,7 +168,7 @@ def test_no_proxy_bypasses_the_proxy(http_mirror, monkeypatch):
 
 
 def test_the_mirrors_proxy_overrides_the_environment_with_credentials(http_mirror, monkeypatch):
-    mirror, server = http_mirror
+    mirror, _ = http_mirror
     monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{closed_port()}")  # would fail if used
     with Proxy(credentials="ops:s3cret pass") as proxy:
         mirror.write(proxy=proxy.url.replace("s3cret pass", "s3cret%20pass"))
@@ -260,7 +261,7 @@ def test_extra_headers_reach_the_archive(http_mirror):
 
 class _Recorder(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    seen: list = []
+    seen: ClassVar[list] = []
     target = ""
 
     def log_message(self, *args) -> None:
@@ -282,10 +283,10 @@ class _Recorder(BaseHTTPRequestHandler):
 
 def test_extra_headers_do_not_follow_a_redirect_to_another_host():
     class Origin(_Recorder):
-        seen = []
+        seen: ClassVar[list] = []
 
     class Elsewhere(_Recorder):
-        seen = []
+        seen: ClassVar[list] = []
     servers = [ThreadingHTTPServer(("127.0.0.1", 0), handler) for handler in (Origin, Elsewhere)]
     for httpd in servers:
         threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()

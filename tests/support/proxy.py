@@ -24,7 +24,7 @@ _HOP = {"connection", "keep-alive", "proxy-authorization", "proxy-connection", "
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection: simple, and clients cope
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format, *args) -> None:
         pass
@@ -105,7 +105,7 @@ def _pipe(a: socket.socket, b: socket.socket) -> None:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    owner: "Proxy"
+    owner: Proxy
 
     def handle_error(self, request, client_address) -> None:
         pass
@@ -120,7 +120,7 @@ class Proxy:
         self.lock = threading.Lock()
         self._httpd: _Server | None = None
 
-    def __enter__(self) -> "Proxy":
+    def __enter__(self) -> Proxy:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
