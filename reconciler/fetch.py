@@ -17,9 +17,14 @@ network.minRate`, and a body that falls below `minRate` on average fails as soon
 does, so a server that trickles cannot hold a task (and its locks) for long.
 
 Connection errors, timeouts and 5xx are retried `network.retries` times with
-exponential backoff; a 404 fails that file at once; a checksum mismatch deletes the
+exponential backoff, and each retry is reported (what failed, attempt n of m, when the
+next one starts) through the one `log` callable the fetcher is given (a task's log);
+a 404 fails that file at once; a checksum mismatch deletes the
 partial file and names the file. A local write that fails (disk full, read-only) is a
 StorageError at once, not retried, and the partial stays for the next run.
+
+`network.maxRate` caps the bytes per second read from the upstream by all of a
+fetcher's threads together: one token bucket (`RateLimit`) that every read draws from.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import BinaryIO, Protocol
 from reconciler.errors import LimitError, PermanentError, StorageError, TemporaryError, VerifyError
 from reconciler.pool import CHUNK, LocalPackagePool
 from reconciler.spec import Limits, MirrorSpec, Network
-from reconciler.transport import Transport, read_errors
+from reconciler.transport import Transport, describe, read_errors
 
 
 @dataclass(frozen=True)
@@ -82,23 +87,49 @@ def join(base: str, path: str) -> str:
     return base.rstrip("/") + "/" + urllib.parse.quote(path.lstrip("/"), safe="/~+:@")
 
 
+class RateLimit:
+    """A token bucket shared by threads, with no burst: `take(n)` reserves the next n / rate
+    seconds of the bucket and returns when they have passed, so N bytes through it, from
+    any number of threads, take at least N / rate seconds."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.free_at = time.monotonic()  # when the bytes reserved so far have been paid for
+
+    def take(self, nbytes: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            self.free_at = max(self.free_at, now) + nbytes / self.rate
+            wait = self.free_at - now
+        if wait > 0:
+            time.sleep(wait)
+
+
 class Fetcher:
     def __init__(self, *, concurrency: int = 4, network: Network | None = None, limits: Limits | None = None,
-                 retries: int | None = None, backoff: float = 0.5, progress: Progress | None = None):
+                 retries: int | None = None, backoff: float = 0.5, progress: Progress | None = None,
+                 log: Callable[[str], None] | None = None):
+        """`log` receives one line per retry (what failed, which attempt, when the next)."""
         self.concurrency = concurrency
         self.network = network or Network()
         self.limits = limits or Limits()
         self.retries = self.network.retries if retries is None else retries
         self.backoff = backoff
         self.progress = progress
+        self.log = log
         self.idle = self.network.idle_seconds
-        self.transport = Transport(timeout=self.idle)
+        net = self.network
+        self.transport = Transport(timeout=self.idle, proxy=net.proxy, ca_file=net.caFile,
+                                   client_cert=net.clientCertFile, client_key=net.clientKeyFile, headers=net.headers)
+        self.rate = RateLimit(net.maxRate) if net.maxRate else None
 
     @classmethod
-    def of(cls, spec: MirrorSpec, *, progress: Progress | None = None) -> Fetcher:
+    def of(cls, spec: MirrorSpec, *, progress: Progress | None = None,
+           log: Callable[[str], None] | None = None) -> Fetcher:
         """A fetcher with a mirror's concurrency, network settings and limits."""
         return cls(concurrency=spec.downloadConcurrency, network=spec.network, limits=spec.limits,
-                   progress=progress)
+                   progress=progress, log=log)
 
     def close(self) -> None:
         self.transport.close()
@@ -185,13 +216,20 @@ class Fetcher:
             raise PermanentError(f"{url}: HTTP {status}")
 
     def _retrying(self, call):
-        for attempt in range(self.retries + 1):
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
             try:
                 return call()
-            except TemporaryError:
-                if attempt == self.retries:
+            except TemporaryError as exc:
+                if attempt == attempts:
+                    if attempts > 1:
+                        raise type(exc)(f"{exc} (gave up after {attempts} attempts: "
+                                        "spec.network.retries)") from exc
                     raise
-                time.sleep(self.backoff * (2 ** attempt))
+                delay = self.backoff * (2 ** (attempt - 1))
+                if self.log:
+                    self.log(f"{exc}; retrying: attempt {attempt} of {attempts} failed, next in {delay:g} s")
+                time.sleep(delay)
         raise AssertionError("unreachable")
 
     # -- the body of every response --------------------------------------------------
@@ -211,19 +249,22 @@ class Fetcher:
         """
         start, first = time.monotonic(), got
         read = source.read1 if hasattr(source, "read1") else source.read
+        size = min(CHUNK, max(4096, self.rate.rate // 4)) if self.rate else CHUNK  # smooth, if limited
         while True:
             try:
-                chunk = read(min(CHUNK, limit + 1 - got))
+                chunk = read(min(size, limit + 1 - got))
             except TimeoutError as exc:
                 raise TemporaryError(f"{what}: no data for {self.idle:g} s after {got} bytes "
                                      "(spec.network.idleTimeout)") from exc
             except read_errors() as exc:  # cut mid-file: what landed stays for a Range retry
-                raise TemporaryError(f"{what}: connection lost after {got} bytes ({exc!r})") from exc
+                raise TemporaryError(f"{what}: connection lost after {got} bytes ({describe(exc)})") from exc
             if not chunk:
                 if isinstance(source, http.client.HTTPResponse):
                     source.read()  # marks a fully read response closed, so its connection is kept
                 return got
             got += len(chunk)
+            if self.rate and isinstance(source, http.client.HTTPResponse):
+                self.rate.take(len(chunk))
             if got > limit:
                 raise LimitError(f"{what}: more than {limit} bytes")
             try:

@@ -420,7 +420,8 @@ def _resolve_paths(doc, base: Path):
         url = doc.spec.url
         if url.startswith("file:") and not url.startswith("file://"):
             url = "file://" + _resolve(url[len("file:"):], base)
-        update = {"url": url, "keyrings": [_resolve(k, base) for k in doc.spec.keyrings]}
+        update = {"url": url, "keyrings": [_resolve(k, base) for k in doc.spec.keyrings],
+                  "network": doc.spec.network.with_paths(lambda path: _resolve(path, base))}
         return doc.model_copy(update={"spec": doc.spec.model_copy(update=update)})
     if isinstance(doc, specs.PublishDoc):
         signing = doc.spec.signing

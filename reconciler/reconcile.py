@@ -190,7 +190,7 @@ def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=pr
             echo(report.failures[-1])
             continue
         try:
-            line = _run(ctx, specs, change, options)
+            line = _run(ctx, specs, change, options, echo)
         except ReconcilerError as exc:
             failed.add(f"{change.kind}/{change.name}")
             report.failures.append(f"{change.kind.lower()}/{change.name}: {exc}")
@@ -226,7 +226,8 @@ def _blocked(change: planner.Change, specs: Specs, failed: set[str]) -> str | No
     return next((d.lower() for d in deps if d in failed), None)
 
 
-def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: planner.Options) -> str | None:
+def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: planner.Options,
+         echo=None) -> str | None:
     op, kind, name = change.op, change.kind, change.name
     if op in ("noop", "unmanaged") and kind != "Mirror" and kind != "Publish":
         return None
@@ -246,7 +247,7 @@ def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: plan
             return snapshots.drop(ctx, name, force=options.force, missing_ok=True)
         return publish.drop(ctx, name, missing_ok=True)
     if kind == "Mirror":
-        return mirrors.sync(ctx, specs.mirrors[name], owner=options.owner, force=options.force).line()
+        return mirrors.sync(ctx, specs.mirrors[name], owner=options.owner, force=options.force, echo=echo).line()
     if kind == "Snapshot" and "series" in change.detail:
         doc = specs.snapshots[change.detail["series"]]
         return snapshots.create(ctx, doc, owner=options.owner, name=name, series=change.detail["series"])

@@ -8,10 +8,11 @@ kept as written here; the loader resolves them against the spec file's directory
 from __future__ import annotations
 
 import re
+import urllib.parse
 from datetime import timedelta
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_serializer, model_validator
 
 API_VERSION = "reconciler/v1"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
@@ -38,17 +39,38 @@ class Metadata(Strict):
     protect: bool = False
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
+
+
 class Network(Strict):
-    """How requests to the upstream behave (issue 12 adds proxy, TLS and header settings here).
+    """How requests to the upstream behave: deadlines, retries, proxy, TLS, headers, rate.
 
     Every request has two bounds: no byte for `idleTimeout` fails it, and so does falling
     below `minRate` on average after the first `idleTimeout`, which makes the overall
     deadline of a file of N bytes `idleTimeout + N / minRate`. A failed request is tried
-    `retries` more times, with backoff."""
+    `retries` more times, with backoff.
+
+    None of these fields changes what a mirror holds, only how it is fetched: editing
+    them updates the stored spec without a re-sync. The fields added after `retries`
+    are left out of the stored form while at their defaults, so a mirror stored before
+    they existed does not look edited."""
 
     idleTimeout: str = Field("30s", description="No byte for this long fails a request (30s, 2m)")
     minRate: int = Field(4096, ge=1, description="Bytes per second a download must average")
     retries: int = Field(4, ge=0, le=20, description="Further attempts after a network failure")
+    proxy: str | None = Field(None, description="http://[USER:PASSWORD@]HOST:PORT for every request of this "
+                                                "mirror, or \"\" for none; default: http_proxy, https_proxy "
+                                                "and no_proxy from the environment")
+    caFile: str | None = Field(None, description="PEM bundle of the CAs trusted for https (replaces the "
+                                                 "system's trust store for this mirror); relative to the spec file")
+    clientCertFile: str | None = Field(None, description="PEM client certificate for mutual TLS (may hold the "
+                                                         "key too); relative to the spec file")
+    clientKeyFile: str | None = Field(None, description="PEM private key of clientCertFile; relative to the "
+                                                        "spec file")
+    headers: dict[str, str] = Field(default_factory=dict,
+                                    description="Extra request headers, sent to the mirror's own host only")
+    maxRate: int | None = Field(None, ge=1, description="Bytes per second for the whole mirror, all download "
+                                                       "threads together; default: unlimited")
 
     @field_validator("idleTimeout")
     @classmethod
@@ -57,9 +79,60 @@ class Network(Strict):
             raise ValueError("must be at least 1s")
         return value
 
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        if value:
+            parts = urllib.parse.urlsplit(value)
+            if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+                raise ValueError("must be http://[USER:PASSWORD@]HOST[:PORT], or \"\" for no proxy")
+            try:
+                _ = parts.port  # raises on a bad port
+            except ValueError as exc:
+                raise ValueError(f"bad port: {exc}") from None
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"{name!r}: not a valid header name")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"{name}: the value must not contain CR, LF or NUL")
+            if name.lower() in ("host", "range", "content-length", "transfer-encoding", "connection"):
+                raise ValueError(f"{name}: set by the client itself, cannot be overridden")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Network:
+        if self.clientKeyFile and not self.clientCertFile:
+            raise ValueError("clientKeyFile: needs clientCertFile")
+        if self.maxRate is not None and self.maxRate < self.minRate:
+            raise ValueError(f"maxRate: {self.maxRate} is below minRate ({self.minRate}): every download "
+                             "would fail as too slow")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        for name, default in _NETWORK_LATER.items():
+            if name in out and out[name] == default:
+                del out[name]
+        return out
+
+    def with_paths(self, resolve) -> Network:
+        """This network with its file paths passed through `resolve` (the loader's)."""
+        files = ("caFile", "clientCertFile", "clientKeyFile")
+        return self.model_copy(update={f: resolve(getattr(self, f)) for f in files if getattr(self, f)})
+
     @property
     def idle_seconds(self) -> float:
         return parse_duration(self.idleTimeout).total_seconds()
+
+
+_NETWORK_LATER = {"proxy": None, "caFile": None, "clientCertFile": None, "clientKeyFile": None,
+                  "headers": {}, "maxRate": None}
 
 
 class Limits(Strict):

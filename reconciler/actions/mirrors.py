@@ -90,13 +90,22 @@ def stored_identity_map(store: Store, ids) -> dict[tuple, set[str]]:
 
 
 def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: bool = False,
-         fetcher: Fetcher | None = None) -> SyncResult:
-    """Create or bring mirror `doc` up to date, as a task on mirror/NAME."""
+         fetcher: Fetcher | None = None, echo=None) -> SyncResult:
+    """Create or bring mirror `doc` up to date, as a task on mirror/NAME.
+
+    The fetcher's retry lines go to the task's output, and to `echo` (the caller's
+    console) as they happen when the context does not echo task output itself."""
     name = doc.metadata.name
 
     def body(task: tasks.Task) -> SyncResult:
         progress = ctx.progress(f"mirror/{name}") if ctx.progress else None
-        own = fetcher or Fetcher.of(doc.spec, progress=progress)
+
+        def log(line: str) -> None:
+            task.log(line)
+            if echo is not None and ctx.echo is None:
+                echo(line)
+
+        own = fetcher or Fetcher.of(doc.spec, progress=progress, log=log)
         try:
             return _sync(task, doc, owner=owner, force=force, fetcher=own)
         except ReconcilerError as exc:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import email.utils
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class Request:
     length: int | None = None  # body length the headers promised
     sent: int = 0  # body bytes actually written
     done: bool = False
+    headers: dict[str, str] = field(default_factory=dict)  # as received
 
     @property
     def complete(self) -> bool:
@@ -108,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, *, head: bool) -> None:
         owner = self.server.owner
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        entry = owner._start(self.command, path, self.headers.get("Range"))
+        entry = owner._start(self.command, path, self.headers.get("Range"), dict(self.headers.items()))
         try:
             self._answer(owner, entry, path, head)
         except (ConnectionError, socket.timeout, OSError):
@@ -227,6 +229,14 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     owner: "ArchiveServer"
 
+    def get_request(self):
+        """With TLS, the handshake runs on the first read in the handler's own thread, so
+        a client that fails it (no client certificate) does not stall the accept loop."""
+        sock, address = super().get_request()
+        if self.owner.tls is not None:
+            sock = self.owner.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
     def handle_error(self, request, client_address) -> None:  # quiet, like the handler
         pass
 
@@ -235,8 +245,10 @@ class ArchiveServer:
     """Serve `root` on 127.0.0.1 (a free port) from a daemon thread; use as a context
     manager, or start()/stop(). `root` may be reassigned while running."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, *, tls: ssl.SSLContext | None = None):
+        """`tls`: a server-side context to serve https instead of http."""
         self.root = Path(root)
+        self.tls = tls
         self._lock = threading.Condition()
         self._log: list[Request] = []
         self._rules: list[_Rule] = []
@@ -286,7 +298,7 @@ class ArchiveServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     # -- the request log --------------------------------------------------------------
 
@@ -359,8 +371,8 @@ class ArchiveServer:
         with self._lock:
             self._rules.append(rule)
 
-    def _start(self, method: str, path: str, range_: str | None) -> Request:
-        entry = Request(method, path, range_)
+    def _start(self, method: str, path: str, range_: str | None, headers: dict[str, str]) -> Request:
+        entry = Request(method, path, range_, headers=headers)
         with self._lock:
             self._log.append(entry)
             self._lock.notify_all()
