@@ -52,6 +52,13 @@ class LineDict(dict):
     line: int
 
 
+class LineList(list):
+    """A sequence that remembers the line of each item (1-based)."""
+
+    lines: list[int]
+    line: int
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader within the limits above: the composer refuses deep nesting before it
     recurses and a document of too many nodes before it holds them all, and each
@@ -153,7 +160,15 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     return result
 
 
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(item, deep=True) for item in node.value)
+    result.line = node.start_mark.line + 1
+    result.lines = [item.start_mark.line + 1 for item in node.value]
+    return result
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
 @dataclass(frozen=True)
@@ -190,8 +205,8 @@ class _Raw:
                 line = node.lines.get(part, line)
                 node = node[part]
             elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                line = node.lines[part] if isinstance(node, LineList) else line
                 node = node[part]
-                line = getattr(node, "line", line)
             else:
                 break
         return line
@@ -279,7 +294,20 @@ def _walk(root: Path, issues: list[SpecIssue]) -> list[Path]:
     return sorted(found)
 
 
-def _substitute(value: object, env: Mapping[str, str], problems: list[str]) -> object:
+@dataclass(frozen=True)
+class _At:
+    """Where a value sits in a document: its line and its field path."""
+
+    line: int
+    path: tuple = ()
+
+    def child(self, key: object, line: int) -> _At:
+        return _At(line, (*self.path, key))
+
+
+def _substitute(value: object, env: Mapping[str, str], problems: list[tuple[_At, str]], at: _At) -> object:
+    """`value` with `${VAR}` / `${VAR:-default}` replaced in every string; each variable
+    that is unset and has no default adds (where the string holding it is, message)."""
     if isinstance(value, str):
         def repl(match: re.Match) -> str:
             name, default = match.group(1), match.group(2)
@@ -287,15 +315,22 @@ def _substitute(value: object, env: Mapping[str, str], problems: list[str]) -> o
                 return env[name]
             if default is not None:
                 return default
-            problems.append(f"environment variable {name} is not set and has no default (write ${{{name}:-default}})")
+            why = f"environment variable {name} is not set and has no default (write ${{{name}:-default}})"
+            problems.append((at, why))
             return ""
         return _VAR.sub(repl, value)
     if isinstance(value, LineDict):
-        out = LineDict({k: _substitute(v, env, problems) for k, v in value.items()})
+        out = LineDict({k: _substitute(v, env, problems, at.child(k, value.lines.get(k, value.line)))
+                        for k, v in value.items()})
         out.lines, out.line = value.lines, value.line
         return out
+    if isinstance(value, LineList):
+        items = LineList(_substitute(v, env, problems, at.child(i, line))
+                         for i, (v, line) in enumerate(zip(value, value.lines)))
+        items.lines, items.line = value.lines, value.line
+        return items
     if isinstance(value, list):
-        return [_substitute(v, env, problems) for v in value]
+        return [_substitute(v, env, problems, at.child(i, at.line)) for i, v in enumerate(value)]
     return value
 
 
@@ -358,11 +393,11 @@ def _read(file: Path, env: Mapping[str, str], issues: list[SpecIssue]) -> list[_
     for index, doc in enumerate(docs):
         if doc is None:
             continue
-        problems: list[str] = []
-        doc = _substitute(doc, env, problems)
+        problems: list[tuple[_At, str]] = []
+        doc = _substitute(doc, env, problems, _At(getattr(doc, "line", 0)))
         raw = _Raw(doc, file, index)
-        for problem in problems:
-            issues.append(SpecIssue(str(file), raw.line_of(()), _obj_name(doc), "", problem))
+        for at, problem in problems:
+            issues.append(SpecIssue(str(file), at.line, _obj_name(doc), _field(at.path), problem))
         if not problems:
             raws.append(raw)
     return raws
