@@ -16,6 +16,7 @@ mount's `..data` holds every file a second time).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -186,6 +187,10 @@ class Specs:
     publishes: dict[str, specs.PublishDoc] = field(default_factory=dict)
     origins: dict[tuple[str, str], Origin] = field(default_factory=dict)
     warnings: list[SpecIssue] = field(default_factory=list)
+    # absolute path -> SHA-256 of what it holds (None: unreadable) for each keyring and
+    # signing key file: plans compare these, not paths, so a copied spec directory is
+    # the same spec set
+    digests: dict[str, str | None] = field(default_factory=dict)
 
     def by_kind(self, kind: str) -> dict:
         return {"Mirror": self.mirrors, "Snapshot": self.snapshots, "Publish": self.publishes}[kind]
@@ -469,6 +474,28 @@ def _resolve_paths(doc, base: Path):
     return doc
 
 
+def file_digest(path: str) -> str | None:
+    """SHA-256 of a file a spec names (a keyring, a signing key file); None when it cannot
+    be read (the probe or the publish check reports why)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 16), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _named_files(doc) -> list[str]:
+    """The files whose content a spec depends on: a mirror's keyrings, a publish's key file."""
+    if isinstance(doc, specs.MirrorDoc):
+        return list(doc.spec.keyrings)
+    if isinstance(doc, specs.PublishDoc) and doc.spec.signing.keyFile:
+        return [doc.spec.signing.keyFile]
+    return []
+
+
 def _check_filter(text: str | None) -> str | None:
     """The query parser's verdict on a filter, or None when it parses."""
     if text is None:
@@ -493,6 +520,9 @@ def load_specs(paths: Iterable[str | Path], env: Mapping[str, str] | None = None
             if doc is not None:
                 _add(result, _resolve_paths(doc, file.parent), raw, issues)
     _cross_check(result, issues)
+    for kind in specs.KINDS:
+        for doc in result.by_kind(kind).values():
+            result.digests.update({path: file_digest(path) for path in _named_files(doc)})
     errors = [i for i in issues if not i.warning]
     result.warnings = [i for i in issues if i.warning]
     if errors:
