@@ -16,6 +16,7 @@ mount's `..data` holds every file a second time).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -49,6 +50,13 @@ class LineDict(dict):
     """A mapping that remembers the line of each key (1-based)."""
 
     lines: dict[str, int]
+    line: int
+
+
+class LineList(list):
+    """A sequence that remembers the line of each item (1-based)."""
+
+    lines: list[int]
     line: int
 
 
@@ -153,7 +161,15 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     return result
 
 
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(item, deep=True) for item in node.value)
+    result.line = node.start_mark.line + 1
+    result.lines = [item.start_mark.line + 1 for item in node.value]
+    return result
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
 @dataclass(frozen=True)
@@ -171,6 +187,10 @@ class Specs:
     publishes: dict[str, specs.PublishDoc] = field(default_factory=dict)
     origins: dict[tuple[str, str], Origin] = field(default_factory=dict)
     warnings: list[SpecIssue] = field(default_factory=list)
+    # absolute path -> SHA-256 of what it holds (None: unreadable) for each keyring and
+    # signing key file: plans compare these, not paths, so a copied spec directory is
+    # the same spec set
+    digests: dict[str, str | None] = field(default_factory=dict)
 
     def by_kind(self, kind: str) -> dict:
         return {"Mirror": self.mirrors, "Snapshot": self.snapshots, "Publish": self.publishes}[kind]
@@ -190,8 +210,8 @@ class _Raw:
                 line = node.lines.get(part, line)
                 node = node[part]
             elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                line = node.lines[part] if isinstance(node, LineList) else line
                 node = node[part]
-                line = getattr(node, "line", line)
             else:
                 break
         return line
@@ -279,7 +299,20 @@ def _walk(root: Path, issues: list[SpecIssue]) -> list[Path]:
     return sorted(found)
 
 
-def _substitute(value: object, env: Mapping[str, str], problems: list[str]) -> object:
+@dataclass(frozen=True)
+class _At:
+    """Where a value sits in a document: its line and its field path."""
+
+    line: int
+    path: tuple = ()
+
+    def child(self, key: object, line: int) -> _At:
+        return _At(line, (*self.path, key))
+
+
+def _substitute(value: object, env: Mapping[str, str], problems: list[tuple[_At, str]], at: _At) -> object:
+    """`value` with `${VAR}` / `${VAR:-default}` replaced in every string; each variable
+    that is unset and has no default adds (where the string holding it is, message)."""
     if isinstance(value, str):
         def repl(match: re.Match) -> str:
             name, default = match.group(1), match.group(2)
@@ -287,15 +320,22 @@ def _substitute(value: object, env: Mapping[str, str], problems: list[str]) -> o
                 return env[name]
             if default is not None:
                 return default
-            problems.append(f"environment variable {name} is not set and has no default (write ${{{name}:-default}})")
+            why = f"environment variable {name} is not set and has no default (write ${{{name}:-default}})"
+            problems.append((at, why))
             return ""
         return _VAR.sub(repl, value)
     if isinstance(value, LineDict):
-        out = LineDict({k: _substitute(v, env, problems) for k, v in value.items()})
+        out = LineDict({k: _substitute(v, env, problems, at.child(k, value.lines.get(k, value.line)))
+                        for k, v in value.items()})
         out.lines, out.line = value.lines, value.line
         return out
+    if isinstance(value, LineList):
+        items = LineList(_substitute(v, env, problems, at.child(i, line))
+                         for i, (v, line) in enumerate(zip(value, value.lines)))
+        items.lines, items.line = value.lines, value.line
+        return items
     if isinstance(value, list):
-        return [_substitute(v, env, problems) for v in value]
+        return [_substitute(v, env, problems, at.child(i, at.line)) for i, v in enumerate(value)]
     return value
 
 
@@ -358,11 +398,11 @@ def _read(file: Path, env: Mapping[str, str], issues: list[SpecIssue]) -> list[_
     for index, doc in enumerate(docs):
         if doc is None:
             continue
-        problems: list[str] = []
-        doc = _substitute(doc, env, problems)
+        problems: list[tuple[_At, str]] = []
+        doc = _substitute(doc, env, problems, _At(getattr(doc, "line", 0)))
         raw = _Raw(doc, file, index)
-        for problem in problems:
-            issues.append(SpecIssue(str(file), raw.line_of(()), _obj_name(doc), "", problem))
+        for at, problem in problems:
+            issues.append(SpecIssue(str(file), at.line, _obj_name(doc), _field(at.path), problem))
         if not problems:
             raws.append(raw)
     return raws
@@ -435,6 +475,28 @@ def _resolve_paths(doc, base: Path):
     return doc
 
 
+def file_digest(path: str) -> str | None:
+    """SHA-256 of a file a spec names (a keyring, a signing key file); None when it cannot
+    be read (the probe or the publish check reports why)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 16), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _named_files(doc) -> list[str]:
+    """The files whose content a spec depends on: a mirror's keyrings, a publish's key file."""
+    if isinstance(doc, specs.MirrorDoc):
+        return list(doc.spec.keyrings)
+    if isinstance(doc, specs.PublishDoc) and doc.spec.signing.keyFile:
+        return [doc.spec.signing.keyFile]
+    return []
+
+
 def _check_filter(text: str | None) -> str | None:
     """The query parser's verdict on a filter, or None when it parses."""
     if text is None:
@@ -459,6 +521,9 @@ def load_specs(paths: Iterable[str | Path], env: Mapping[str, str] | None = None
             if doc is not None:
                 _add(result, _resolve_paths(doc, file.parent), raw, issues)
     _cross_check(result, issues)
+    for kind in specs.KINDS:
+        for doc in result.by_kind(kind).values():
+            result.digests.update({path: file_digest(path) for path in _named_files(doc)})
     errors = [i for i in issues if not i.warning]
     result.warnings = [i for i in issues if i.warning]
     if errors:

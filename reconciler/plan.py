@@ -39,6 +39,7 @@ class Probe:
     download_bytes: int = 0
     error: str | None = None
     release_date: str | None = None  # ISO date of the upstream Release read (when it changed)
+    release_sha256: str | None = None  # of the upstream Release read
 
 
 @dataclass(frozen=True)
@@ -144,14 +145,33 @@ def publish_fields(spec: dict) -> dict:
             if k != "components" and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
 
 
-def inputs_digest(spec: dict, digests: dict[str, str]) -> str:
+def inputs_digest(spec: dict, digests: dict[str, str], key: str | None = None) -> str:
     """What a published tree depends on: the spec (minus snapshot names: a rename changes no
-    byte) and the content digest of each component's list. Stored with the publish; a
-    plan that finds another digest for the same names re-publishes (a replaced snapshot)."""
+    byte), the content digest of each component's list and, given `key` (the SHA-256 of
+    the signing key file), what the key file holds instead of where it is: a spec
+    directory copied elsewhere publishes the same tree. Stored with the publish; a plan
+    that finds another digest for the same names re-publishes (a replaced snapshot, a
+    new key). Without `key` it is the digest of rows stored before key files were
+    compared by content (`published_inputs` accepts both)."""
     body = {k: v for k, v in publish_fields(spec).items() if k != "signing"}
     body["signing"] = {k: v for k, v in spec["signing"].items() if k != "passphraseFile"}
+    if key is not None and body["signing"].get("keyFile"):
+        body["signing"]["keyFile"] = f"sha256:{key}"
     body["lists"] = digests
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def published_inputs(stored: str, spec: dict, digests: dict[str, str], key: str | None) -> bool:
+    """Does a publish's stored inputs digest match these inputs? By the key file's content,
+    or, for a row stored before that (its digest covers the key file's path), by path."""
+    return stored in (inputs_digest(spec, digests, key), inputs_digest(spec, digests))
+
+
+def _without_paths(fields: dict) -> dict:
+    """Publish fields without the signing files' paths: what they hold is compared
+    through the inputs digest, and the passphrase changes no byte of the tree."""
+    signing = {k: v for k, v in fields.get("signing", {}).items() if k not in ("keyFile", "passphraseFile")}
+    return {**fields, "signing": {**signing, "keyFile": bool(fields.get("signing", {}).get("keyFile"))}}
 
 
 # The same for the Mirror spec: a mirror stored before these existed is not "edited".
@@ -162,6 +182,34 @@ _MIRROR_LATER_DEFAULTS = {"checkValidUntil": True, "network": Network().model_du
 def mirror_fields(spec: dict) -> dict:
     """A mirror spec as plans compare it: without later-added fields at their defaults."""
     return {k: v for k, v in spec.items() if not (k in _MIRROR_LATER_DEFAULTS and v == _MIRROR_LATER_DEFAULTS[k])}
+
+
+def _moved_file_url(before: dict, after: dict) -> bool:
+    return before.get("url") != after.get("url") and all(str(s.get("url", "")).startswith("file:")
+                                                         for s in (before, after))
+
+
+def same_content(before: dict, after: dict, before_release: str | None, after_release: str | None) -> bool:
+    """Do two mirror specs select the same packages? Their content fields are equal; a
+    `file:` URL that moved (a copied spec directory, a fresh checkout) counts as the same
+    when it serves the same Release. Shared by the plan, the probe and the sync."""
+    if _pick(before, MIRROR_CONTENT) == _pick(after, MIRROR_CONTENT):
+        return True
+    return (_moved_file_url(before, after) and before_release is not None and before_release == after_release
+            and _pick({**before, "url": None}, MIRROR_CONTENT) == _pick({**after, "url": None}, MIRROR_CONTENT))
+
+
+def _mirror_edits(row: MirrorRow, wanted: dict, keyrings: list[str | None], probe: Probe | None) -> list[str]:
+    """The mirror fields an apply would change. Keyrings are compared by what they hold
+    once the row records it (`upstream.keyrings`, written by the sync), and a moved
+    `file:` URL serving the same Release is no edit."""
+    before, after = mirror_fields(row.spec), mirror_fields(wanted)
+    stored = row.upstream.get("keyrings")
+    if stored is not None and None not in keyrings:
+        before, after = {**before, "keyrings": stored}, {**after, "keyrings": keyrings}
+    if probe is not None and same_content(row.spec, wanted, row.release_sha256, probe.release_sha256):
+        after["url"] = before.get("url")
+    return _diff_fields(before, after)
 
 
 def _diff_fields(before: dict, after: dict) -> list[str]:
@@ -180,7 +228,9 @@ def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan
         out.extend(_renames(kind, declared, rows))
     observed = _follow_renames(observed, renames, snapshot_rows)
     for name, doc in specs.mirrors.items():
-        mirrors_up.append(_mirror(name, doc, mirror_rows.get(name), observed.probes.get(name), options.force))
+        keyrings = [specs.digests.get(k) for k in doc.spec.keyrings]
+        mirrors_up.append(_mirror(name, doc, mirror_rows.get(name), observed.probes.get(name), options.force,
+                                  keyrings))
     series_names = {n for n, d in specs.snapshots.items() if d.spec.series}
     dropped_snapshots = {n for n in _own_undeclared(snapshot_rows, specs.snapshots, options.owner)
                          if snapshot_rows[n].series not in series_names}
@@ -193,7 +243,8 @@ def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan
     planned.update({c.name: SimpleNamespace(series=c.detail["series"]) for c in snaps_up
                     if c.op == "create" and "series" in c.detail})
     for name, doc in specs.publishes.items():
-        change = _publish(name, doc, observed.publishes.get(name), planned, snaps_up)
+        key = specs.digests.get(doc.spec.signing.keyFile) if doc.spec.signing.keyFile else None
+        change = _publish(name, doc, observed.publishes.get(name), planned, snaps_up, key)
         if change.op == "noop" and name in observed.trees:
             now = options.now or datetime.now(timezone.utc)
             change = _repair(change, doc, observed.publishes[name], observed.trees[name], now)
@@ -384,13 +435,15 @@ def _refusal(name: str, doc, row: MirrorRow, probe: Probe, content_edited: bool)
     return removal_refusal(name, doc.spec.maxRemovalPercent, row.num_packages, probe.removed)
 
 
-def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None, force: bool = False) -> Change:
+def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None, force: bool = False,
+            keyrings: list[str | None] = ()) -> Change:
     wanted = doc.spec.model_dump(mode="json")
     counts = {}
     if probe is not None:
         if probe.error:
             return Change("error", "Mirror", name, f"cannot read upstream: {probe.error}")
-        content_edited = row is not None and _pick(row.spec, MIRROR_CONTENT) != _pick(wanted, MIRROR_CONTENT)
+        content_edited = row is not None and not same_content(row.spec, wanted, row.release_sha256,
+                                                              probe.release_sha256)
         refusal = None if row is None or force or not probe.changed else \
             _refusal(name, doc, row, probe, content_edited)
         if refusal:
@@ -402,7 +455,7 @@ def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None, force: b
         if counts:
             reason += f": {counts['numPackages']} packages, {counts['downloadBytes'] / 1e6:.1f} MB to download"
         return Change("create", "Mirror", name, reason, counts)
-    edited = _diff_fields(mirror_fields(row.spec), mirror_fields(wanted))
+    edited = _mirror_edits(row, wanted, list(keyrings), probe)
     if row.protect != doc.metadata.protect:
         edited.append("metadata.protect")
     upstream_changed = probe.changed if probe else None
@@ -458,7 +511,8 @@ def resolve_sources(doc, snapshots: dict) -> dict[str, str]:
     return out
 
 
-def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_changes: list[Change]) -> Change:
+def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_changes: list[Change],
+             key: str | None = None) -> Change:
     sources = resolve_sources(doc, snapshots)
     remade = {c.name for c in snap_changes if c.op in ("create", "replace")}
     where = f"{doc.spec.prefix}/{doc.spec.distribution}"
@@ -467,7 +521,8 @@ def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_chang
         return Change("create", "Publish", name, f"{where}: {comps}", {"sources": sources})
     sources_noop = {"sources": sources}
     switched = {c: s for c, s in sources.items() if row.sources.get(c) != s or s in remade}
-    fields = _diff_fields(publish_fields(row.spec), publish_fields(doc.spec.model_dump(mode="json")))
+    fields = _diff_fields(_without_paths(publish_fields(row.spec)),
+                          _without_paths(publish_fields(doc.spec.model_dump(mode="json"))))
     if row.protect != doc.metadata.protect:
         fields.append("metadata.protect")
     if switched or fields or set(row.sources) != set(sources):
@@ -476,9 +531,12 @@ def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_chang
         return Change("switch" if switched else "update", "Publish", name, reason,
                       {"sources": sources, "before": row.sources, "fields": fields})
     lists = {c: getattr(snapshots.get(s), "list_digest", None) for c, s in sources.items()}
-    if None not in lists.values() and inputs_digest(doc.spec.model_dump(mode="json"), lists) != row.inputs_digest:
-        return Change("switch", "Publish", name, f"{where}: its snapshots hold other packages than the tree "
-                                                 "(a replace, or a switch that did not finish)",
+    wanted = doc.spec.model_dump(mode="json")
+    if None not in lists.values() and not published_inputs(row.inputs_digest, wanted, lists, key):
+        why = "its snapshots hold other packages than the tree (a replace, or a switch that did not finish)"
+        if doc.spec.signing.keyFile:  # the digest covers both; which one changed it cannot tell
+            why = "the signing key file holds another key than the tree was signed with, or " + why
+        return Change("switch", "Publish", name, f"{where}: {why}",
                       {"sources": sources, "before": row.sources, "fields": []})
     return Change("noop", "Publish", name, f"{where}: up to date", sources_noop)
 

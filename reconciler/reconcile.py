@@ -66,8 +66,8 @@ def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> tuple[planner.P
     release = upstream.read_release(fetcher, doc.spec, workdir=ctx.local("tmp"))
     wanted = doc.spec.model_dump(mode="json")
     if (row is not None and row.update_complete and row.release_sha256 == release.sha256
-            and mirrors.content(row.spec) == mirrors.content(wanted)):
-        return planner.Probe(changed=False, packages=row.num_packages), None
+            and planner.same_content(row.spec, wanted, row.release_sha256, release.sha256)):
+        return planner.Probe(changed=False, packages=row.num_packages, release_sha256=release.sha256), None
     packages = upstream.read_packages(fetcher, release, doc.spec, cache=ctx.local("cache") / "indexes")
     old = mirrors.stored_identity_map(store, store.lists.ids(row.list_digest)) if row else {}
     new = mirrors.identity_map(packages)
@@ -76,7 +76,8 @@ def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> tuple[planner.P
     download = sum(size for sha, size in sizes.items() if not ctx.pool.has(sha, size))
     return planner.Probe(changed=True, added=added, updated=changed, removed=removed,
                          packages=len(packages), download_bytes=download,
-                         release_date=release.date.isoformat() if release.date else None), packages
+                         release_date=release.date.isoformat() if release.date else None,
+                         release_sha256=release.sha256), packages
 
 
 def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, with_probe: bool = True) -> planner.Plan:

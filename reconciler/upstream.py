@@ -157,7 +157,7 @@ def wanted_indexes(release: Release, spec: MirrorSpec) -> list[IndexRef]:
     archs = architectures(release, spec)
     refs = []
     for comp in components:
-        for arch in archs + (["all"] if _has(release, f"{comp}/binary-all/Packages") else []):
+        for arch in archs + (["all"] if _reads_all(release, comp) else []):
             refs.append(IndexRef(f"{comp}/binary-{arch}/Packages", "deb", comp))
             if spec.withUdebs:
                 refs.append(IndexRef(f"{comp}/debian-installer/binary-{arch}/Packages", "udeb", comp))
@@ -169,6 +169,21 @@ def wanted_indexes(release: Release, spec: MirrorSpec) -> list[IndexRef]:
 def architectures(release: Release, spec: MirrorSpec) -> list[str]:
     archs = spec.architectures or [a for a in release.info.architectures if a not in ("all", "source")]
     return list(archs)
+
+
+def _reads_all(release: Release, component: str) -> bool:
+    """Is `COMP/binary-all/Packages` an index to read? apt's rule (debReleaseIndex::
+    IsArchitectureAllSupportedFor): only when the Release's `Architectures` is absent or
+    lists `all`, and its `No-Support-for-Architecture-all` does not name `Packages`;
+    and only when the Release lists the file. Otherwise the per-architecture indexes
+    carry the `all` packages, and a binary-all index is one no client reads: Debian's
+    security suite lists one that does not match what it serves."""
+    listed = release.info.architectures
+    if listed and "all" not in listed:
+        return False
+    if "Packages" in release.info.get("No-Support-for-Architecture-all").split():
+        return False
+    return _has(release, f"{component}/binary-all/Packages")
 
 
 def _has(release: Release, path: str) -> bool:

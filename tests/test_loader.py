@@ -62,6 +62,19 @@ def test_env_substitution_and_default(tmp_path):
     assert any("SUB is not set" in i for i in issues_of([path]))
 
 
+def test_an_unset_variable_is_reported_at_its_own_line(tmp_path):
+    """Not at the document's start: in a second document, in a list item, in a flow list."""
+    text = (MIRROR.format(name="m0") + "---\n"
+            + MIRROR.format(name="m1").replace("http://127.0.0.1:1/debian", "${UP}/debian")
+            .replace("  keyrings: [keys/archive.gpg]\n", "  keyrings:\n    - keys/a.gpg\n    - ${KEYS}/b.gpg\n")
+            + "  components: [main, '${COMP}']\n")
+    path = write(tmp_path, "m.yaml", text)
+    found = issues_of([path])
+    assert f"{path}:15: Mirror/m1: spec.url: environment variable UP is not set" in "\n".join(found)
+    assert f"{path}:19: Mirror/m1: spec.keyrings.1: environment variable KEYS is not set" in "\n".join(found)
+    assert f"{path}:20: Mirror/m1: spec.components.1: environment variable COMP is not set" in "\n".join(found)
+
+
 def test_relative_file_url_is_resolved_against_the_spec(tmp_path):
     path = write(tmp_path, "m.yaml", MIRROR.format(name="m1").replace("http://127.0.0.1:1/debian", "file:upstream"))
     assert load_specs([path], env={}).mirrors["m1"].spec.url == f"file://{tmp_path / 'upstream'}"

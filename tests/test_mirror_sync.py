@@ -764,15 +764,13 @@ def debian_uri() -> str:
     return match.group(1)
 
 
-@pytest.mark.live
-@pytest.mark.skipif(os.environ.get("RECONCILER_LIVE") != "1", reason="set RECONCILER_LIVE=1 (downloads ~40 MB)")
-def test_live_debian_required_with_deps(tmp_path):
+def apply_live(tmp_path: Path, name: str, spec: dict) -> dict:
+    """Apply one live mirror (verified with Debian's keyring) into a fresh root; print the
+    figures; check its pool files (each re-hashed); return its `list` row."""
     specs = tmp_path / "specs"
     specs.mkdir()
-    doc = {"apiVersion": "reconciler/v1", "kind": "Mirror", "metadata": {"name": "bookworm-required"},
-           "spec": {"url": debian_uri(), "distribution": "bookworm", "components": ["main"],
-                    "architectures": ["amd64"], "filter": "Priority (required)", "filterWithDeps": True,
-                    "keyrings": ["/usr/share/keyrings/debian-archive-keyring.gpg"]}}
+    doc = {"apiVersion": "reconciler/v1", "kind": "Mirror", "metadata": {"name": name},
+           "spec": {**spec, "keyrings": ["/usr/share/keyrings/debian-archive-keyring.gpg"]}}
     (specs / "live.yaml").write_text(json.dumps(doc))
     root = tmp_path / "root"
     started = time.monotonic()
@@ -781,10 +779,19 @@ def test_live_debian_required_with_deps(tmp_path):
     listed = json.loads(cli(root, "list", "mirrors", "--json").stdout)[0]
     files = [p for p in (root / "pool" / "files").glob("*/*")]
     size = sum(p.stat().st_size for p in files)
-    print(f"\nlive: {listed['numPackages']} packages, {len(files)} files, {size / 2**20:.1f} MiB "
+    print(f"\nlive {name}: {listed['numPackages']} packages, {len(files)} files, {size / 2**20:.1f} MiB "
           f"in {took:.0f}s\n{out.stdout}")
-    assert 60 <= listed["numPackages"] <= 200
     assert len(files) == listed["numPackages"]
     assert all(sha256_file(p) == p.name for p in files)
-    again = cli(root, "apply", "-f", str(specs))
+    return listed
+
+
+@pytest.mark.live
+@pytest.mark.skipif(os.environ.get("RECONCILER_LIVE") != "1", reason="set RECONCILER_LIVE=1 (downloads ~40 MB)")
+def test_live_debian_required_with_deps(tmp_path):
+    listed = apply_live(tmp_path, "bookworm-required", {
+        "url": debian_uri(), "distribution": "bookworm", "components": ["main"], "architectures": ["amd64"],
+        "filter": "Priority (required)", "filterWithDeps": True})
+    assert 60 <= listed["numPackages"] <= 200
+    again = cli(tmp_path / "root", "apply", "-f", str(tmp_path / "specs"))
     assert "up to date" in again.stdout

@@ -237,3 +237,68 @@ def test_pool_damage_becomes_repairs_and_files_no_mirror_lists_become_snapshot_e
     assert lost.op == "error" and "pool/main/x/x_1_amd64.deb (abababababab)" in lost.reason
     assert not planner.plan(s, planner.Observed(mirrors=observed.mirrors, snapshots=observed.snapshots,
                                                 publishes=observed.publishes, probes=observed.probes)).has_changes
+
+
+# --- files named by path are compared by what they hold ---------------------------------------
+
+
+def _keyed_publish(path: str) -> dict:
+    return {"distribution": "stable", "components": {"main": "s"}, "signing": {"keyFile": path}}
+
+
+def _publish_world(stored_digest_key: str | None):
+    """A mirror, a snapshot and a publish signed from /a/key.asc, stored with the inputs
+    digest of a key file holding `stored_digest_key` (None: a row from before key files
+    were compared by content, whose digest covers the path)."""
+    spec = doc("Publish", "p", _keyed_publish("/a/key.asc")).spec.model_dump(mode="json")
+    row = replace(pub_row("p", {"main": "s"}, spec=spec),
+                  inputs_digest=planner.inputs_digest(spec, {"main": "d"}, stored_digest_key))
+    observed = planner.Observed(mirrors={"m": mirror_row("m")}, snapshots={"s": snap_row("s")}, publishes={"p": row},
+                                probes={"m": planner.Probe(changed=False)})
+    return [doc("Mirror", "m", MIRROR_SPEC), doc("Snapshot", "s", {"mirror": "m"})], observed
+
+
+def _publish_change(declared, observed, path: str, held: str) -> planner.Change:
+    s = specs(*declared, doc("Publish", "p", _keyed_publish(path)))
+    s.digests = {path: held, "/k.gpg": None}
+    return next(c for c in planner.plan(s, observed).changes if c.kind == "Publish")
+
+
+def test_a_moved_key_file_with_the_same_content_is_no_change_and_other_content_is():
+    declared, observed = _publish_world("K")
+    assert _publish_change(declared, observed, "/b/key.asc", "K").op == "noop"
+    change = _publish_change(declared, observed, "/a/key.asc", "K2")
+    assert change.op == "switch" and "signing key file holds another key" in change.reason
+
+
+def test_a_publish_stored_before_key_contents_were_compared_is_up_to_date_at_its_path():
+    declared, observed = _publish_world(None)
+    assert _publish_change(declared, observed, "/a/key.asc", "K").op == "noop"
+    assert _publish_change(declared, observed, "/b/key.asc", "K").op == "switch"  # moved: it cannot tell
+
+
+def _mirror_change(row: MirrorRow, keyring: str, held: str | None, probe=planner.Probe(changed=False)):
+    s = specs(doc("Mirror", "m", {**MIRROR_SPEC, "keyrings": [keyring]}))
+    s.digests = {keyring: held}
+    return planner.plan(s, planner.Observed(mirrors={"m": row}, probes={"m": probe})).changes[0]
+
+
+def test_mirror_keyrings_are_compared_by_content_once_recorded_and_by_path_before():
+    recorded = replace(mirror_row("m"), upstream={"keyrings": ["K"]})
+    assert _mirror_change(recorded, "/elsewhere/k.gpg", "K").op == "noop"
+    change = _mirror_change(recorded, "/k.gpg", "K2")
+    assert change.op == "edit" and change.detail["fields"] == ["keyrings"]
+    legacy = mirror_row("m")  # stored before the sync recorded keyring digests
+    assert _mirror_change(legacy, "/k.gpg", "K").op == "noop"
+    assert _mirror_change(legacy, "/elsewhere/k.gpg", "K").op == "edit"
+
+
+def test_a_moved_file_url_serving_the_same_release_is_no_edit():
+    row = mirror_row("m", spec={**MIRROR_SPEC, "url": "file:///a/upstream"})
+    moved = doc("Mirror", "m", {**MIRROR_SPEC, "url": "file:///b/upstream"})
+    same = planner.Observed(mirrors={"m": row}, probes={"m": planner.Probe(changed=False, release_sha256="r")})
+    assert planner.plan(specs(moved), same).changes[0].op == "noop"
+    other = planner.Observed(mirrors={"m": row}, probes={"m": planner.Probe(changed=True, release_sha256="r2")})
+    change = planner.plan(specs(moved), other).changes[0]
+    assert change.op == "edit" and change.detail["fields"] == ["url"]
+    assert not planner.same_content({**MIRROR_SPEC, "url": "http://a/"}, {**MIRROR_SPEC, "url": "http://b/"}, "r", "r")

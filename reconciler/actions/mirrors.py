@@ -18,19 +18,14 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
-from reconciler import locks, tasks, upstream
+from reconciler import loader, locks, tasks, upstream
 from reconciler.actions import guards, repair
 from reconciler.errors import NotFound, PermanentError, PoolDamaged, ReconcilerError, Refused
 from reconciler.fetch import Fetcher, Want, join
-from reconciler.plan import MIRROR_CONTENT, removal_refusal, replay_refusal
+from reconciler.plan import removal_refusal, replay_refusal, same_content
 from reconciler.spec import MirrorDoc, MirrorSpec
 from reconciler.state.stores import Store, now
 
-
-
-def content(spec: dict) -> dict:
-    """The spec fields whose change alters the package list (the rest only change behaviour)."""
-    return {k: spec.get(k) for k in MIRROR_CONTENT}
 
 
 @dataclass
@@ -131,13 +126,14 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
     if not spec.verifySignature:
         warnings.append(f"mirror/{name}: verifySignature is false; the Release signature is NOT checked")
     release = upstream.read_release(fetcher, spec, workdir=task.ctx.local("tmp"))
-    unchanged = (row is not None and row.update_complete and row.release_sha256 == release.sha256
-                 and content(row.spec) == content(wanted))
-    if unchanged:
-        if row.spec != wanted or row.protect != doc.metadata.protect or row.status != "ready":
+    same = row is not None and same_content(row.spec, wanted, row.release_sha256, release.sha256)
+    keyrings = [loader.file_digest(k) for k in spec.keyrings]
+    if same and row.update_complete and row.release_sha256 == release.sha256:
+        if (row.spec != wanted or row.protect != doc.metadata.protect or row.status != "ready"
+                or row.upstream.get("keyrings") != keyrings):
             with task.transaction() as store:
                 store.mirrors.update(name, spec=wanted, protect=int(doc.metadata.protect), status="ready",
-                                     last_error=None)
+                                     last_error=None, upstream={**row.upstream, "keyrings": keyrings})
         lost = repair.missing_files(task.store, task.pool, task.store.lists.ids(row.list_digest))
         if lost:
             return _repair(task, fetcher, release, name, lost, row.num_packages, warnings)
@@ -149,7 +145,7 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
     old_ids = task.store.lists.ids(row.list_digest) if row else []
     old_map, new_map = stored_identity_map(task.store, old_ids), identity_map(packages)
     added, changed, removed = diff_counts(old_map, new_map)
-    _check_removals(name, spec, len(old_ids), removed, force, content(row.spec) == content(wanted) if row else True)
+    _check_removals(name, spec, len(old_ids), removed, force, same if row else True)
     stats = _download(task, fetcher, release, packages)
     with task.transaction() as store:
         if store.mirrors.get(name) is None:
@@ -160,7 +156,7 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
             update_complete=1, release_sha256=release.sha256,
             release_date=release.date.isoformat() if release.date else None,
             upstream={"components": release.info.components, "architectures": release.info.architectures,
-                      "verified": release.verified},
+                      "verified": release.verified, "keyrings": keyrings},
             last_update=now(), last_error=None)
         store.lists.prune()
     action = "created" if row is None else "updated"

@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import gpg, locks, tasks, tree, treeverify
+from reconciler import gpg, loader, locks, tasks, tree, treeverify
 from reconciler.actions import guards
 from reconciler.debian.package import Package
 from reconciler.errors import NotFound, PermanentError, PoolDamaged, Refused
-from reconciler.plan import inputs_digest, resolve_sources, tree_repair
+from reconciler.plan import inputs_digest, published_inputs, resolve_sources, tree_repair
 from reconciler.spec import PublishDoc, parse_duration
 from reconciler.state.stores import Store
 
@@ -87,7 +87,9 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         if missing:
             raise NotFound(f"publish/{name}: snapshots do not exist: {', '.join(missing)}")
         wanted = spec.model_dump(mode="json")
-        digest = inputs_digest(wanted, {c: r.list_digest for c, r in rows.items()})
+        lists = {c: r.list_digest for c, r in rows.items()}
+        key = loader.file_digest(spec.signing.keyFile) if spec.signing.keyFile else None
+        digest = inputs_digest(wanted, lists, key)
         current = store.publishes.get(name)
         if current is not None and current.owner != owner:
             raise Refused(f"publish/{name} belongs to owner {current.owner!r}, not {owner!r}; apply with --owner "
@@ -97,7 +99,7 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         on_disk = treeverify.published(ctx.publish_root, spec.prefix, spec.distribution)
         why = current and tree_repair(spec, current.release_sha256, on_disk, datetime.now(timezone.utc))
         replaced = 0
-        if current and current.inputs_digest == digest and not why:
+        if current and published_inputs(current.inputs_digest, wanted, lists, key) and not why:
             # Same inputs; but a pool file its tree links may have been replaced since
             # (lost or damaged, then re-fetched): the tree still links the old inode.
             checks = [store.replaced_since(store.lists.ids(r.list_digest), current.linked_ns)
@@ -111,7 +113,7 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
                 if mark > (current.linked_ns or 0):
                     with task.transaction() as tx:
                         tx.publishes.mark_linked(name, mark)
-                return _record_unchanged(task, doc, current, sources)
+                return _record_unchanged(task, doc, current, sources, digest)
         if why:
             task.log(f"publish/{name}: {why}")
         linked_ns = time.time_ns()
@@ -137,20 +139,23 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
     return tasks.run(ctx, f"publish {name}", _keys(doc, sources, where), body)
 
 
-def _record_unchanged(task: tasks.Task, doc: PublishDoc, current, sources: dict[str, str]) -> str:
+def _record_unchanged(task: tasks.Task, doc: PublishDoc, current, sources: dict[str, str], digest: str) -> str:
     """The tree already holds exactly these inputs; still record what the spec now says.
 
     A series member with the same content as the one published, or a flag such as
     `protect`, changes no byte of the tree, but the row must name the new snapshot (or
     the retention of the old member is refused as in use, and the next plan is not
-    empty) and carry the new flag."""
+    empty) and carry the new flag. A key file that moved (a copied spec directory) is
+    recorded at its new path, so whatever re-reads the stored spec finds it, and a row
+    from before key files were compared by content gets its content digest."""
     name, wanted = doc.metadata.name, doc.spec.model_dump(mode="json")
-    if (current.sources, current.protect, current.spec) == (sources, doc.metadata.protect, wanted):
+    if (current.sources, current.protect, current.spec, current.inputs_digest) == \
+            (sources, doc.metadata.protect, wanted, digest):
         return f"publish/{name}: up to date"
     with task.transaction() as tx:
         tx.publishes.save(name, owner=current.owner, prefix=current.prefix, distribution=current.distribution,
                           spec=wanted, protect=doc.metadata.protect, sources=sources,
-                          inputs_digest=current.inputs_digest, release_sha256=current.release_sha256)
+                          inputs_digest=digest, release_sha256=current.release_sha256)
     moved = {c: s for c, s in sources.items() if current.sources.get(c) != s}
     what = ", ".join(f"{c}: {current.sources.get(c, '-')} -> {s}" for c, s in moved.items()) or "spec recorded"
     message = f"publish/{name}: {what} (same content, tree unchanged)"
