@@ -55,7 +55,7 @@ TASK_THREADS = 4  # tasks run by API requests at once (update, drop); each is a 
 MAX_TASK_REQUESTS = 16  # such requests accepted at once, running or queued for one of those threads
 MAX_TOKEN_BYTES = 64 * 1024  # a bearer token file is a few dozen bytes
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a task id beyond it cannot exist
-MAX_KEY_PARTS = 64  # /api/publish/PREFIX/DIST tries each split, one query each
+MAX_KEY_PARTS = 64  # /api/publishes/PREFIX/DIST tries each split, one query each
 
 
 class Controller(Protocol):
@@ -177,12 +177,16 @@ def _reads(app: FastAPI, ctx: tasks.Context) -> None:
     def get_snapshot(name: str, store: Store = connect) -> dict:
         return views.snapshot(_found(store.snapshots.get(name), f"snapshot {name!r}"))
 
-    @app.get("/api/publish", tags=["publish"], summary="List published trees, each with numPackages")
+    # /api/publishes is the canonical name (plural, as /api/mirrors and /api/snapshots);
+    # /api/publish stays as an alias of every publish endpoint, hidden from the schema.
+    @app.get("/api/publish", include_in_schema=False)
+    @app.get("/api/publishes", tags=["publishes"], summary="List published trees, each with numPackages")
     def list_publishes(store: Store = connect) -> list[dict]:
         return [views.publish(r) for r in store.publishes.list()]
 
-    @app.get("/api/publish/{key:path}", tags=["publish"], responses={404: {}},
-             summary="One published tree: /api/publish/PREFIX/DIST (/api/publish/DIST for the root prefix)")
+    @app.get("/api/publish/{key:path}", include_in_schema=False)
+    @app.get("/api/publishes/{key:path}", tags=["publishes"], responses={404: {}},
+             summary="One published tree: /api/publishes/PREFIX/DIST (/api/publishes/DIST for the root prefix)")
     def get_publish(key: str, store: Store = connect) -> dict:
         return views.publish(_found(_publish_at(store, key), f"publish {key!r}"))
 

@@ -29,7 +29,8 @@ class State:
 
 
 STATE = State()
-FilesOpt = Annotated[list[Path], typer.Option("-f", "--file", help="Spec file or directory (repeatable)")]
+FilesOpt = Annotated[list[Path], typer.Option("-f", "--file", metavar="PATH",
+                                              help="Spec file or directory (repeatable)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable shape)")]
 
 
@@ -63,12 +64,22 @@ def _fail(exc: ReconcilerError) -> None:
     raise typer.Exit(1)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from reconciler import __version__
+
+        typer.echo(f"reconciler {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     root: Annotated[Path, typer.Option(envvar="RECONCILER_ROOT", help="State directory (state.db, pool, public/)")]
     = Path(".reconciler"),
     publish_root: Annotated[Optional[Path], typer.Option(envvar="RECONCILER_PUBLISH_ROOT",
                                                          help="Where published trees go (default ROOT/public)")] = None,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                          help="Print the version and exit")] = False,
 ) -> None:
     STATE.root = root
     STATE.publish_root = publish_root
@@ -122,20 +133,16 @@ def _list(kind: str, as_json: bool) -> None:
         return
     if not items:
         typer.echo(f"no {attr}")
-    for item in items:
-        typer.echo(_summary(kind, item))
+        return
+    header, rows = views.table(kind, items)
+    typer.echo(_table(header, rows))
 
 
-def _summary(kind: str, item: dict) -> str:
-    if kind == "mirror":
-        return (f"{item['name']}  {item['url']} {item['distribution']} [{','.join(item['components'])}] "
-                f"[{','.join(item['architectures'])}]  {item['numPackages']} packages  {item['status']}  "
-                f"updated {item['lastUpdate'] or 'never'}")
-    if kind == "snapshot":
-        source = item["mirror"] and f"mirror {item['mirror']}" or f"merge of {', '.join(item['snapshots'])}"
-        return f"{item['name']}  {item['numPackages']} packages  from {source}  {item['digest'][:12]}  {item['createdAt']}"
-    comps = ", ".join(f"{c}={s}" for c, s in item["components"].items())
-    return f"{item['name']}  {item['prefix']}/{item['distribution']}  {comps}  {item['numPackages']} packages"
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns aligned to their widest cell, two spaces apart; the last column is not padded."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
 
 
 @list_app.command("mirrors")
@@ -177,13 +184,15 @@ def show(kind: Kind, name: str, as_json: JsonOpt = False) -> None:
         typer.echo(json.dumps(item, indent=2))
     else:
         for key, value in item.items():
-            typer.echo(f"{key}: {value}")
+            typer.echo(f"{key}: {views.text(value)}")
 
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Drop objects in use; accept removals beyond the gate and "
                                                            "upstream replays")]
-OwnerOpt = Annotated[str, typer.Option("--owner", help="Which spec set this is: only its own objects are pruned")]
-ReplaceOpt = Annotated[list[str], typer.Option("--replace", help="Drop and recreate this existing snapshot (repeatable)")]
+OwnerOpt = Annotated[str, typer.Option("--owner", metavar="NAME",
+                                       help="Which spec set this is: only its own objects are pruned")]
+ReplaceOpt = Annotated[list[str], typer.Option("--replace", metavar="SNAPSHOT",
+                                               help="Drop and recreate this existing snapshot (repeatable)")]
 TakeOverOpt = Annotated[bool, typer.Option("--take-over", help="Make these specs the source of --owner, and take "
                                                                "over declared objects other owners hold")]
 
@@ -212,13 +221,18 @@ def _options(owner: str, force: bool, replace: list[str], files: list[Path], tak
 
 
 def _package_lines(change) -> list[str]:
-    lines = []
-    if change.kind != "Publish":
+    """The packages a change adds, changes, removes: per component for a publish, one list for a mirror."""
+    packages = change.detail.get("packages", {})
+    if change.kind == "Mirror":
+        packages = {"": packages} if packages else {}
+    elif change.kind != "Publish":
         return []
-    for comp, diff in change.detail.get("packages", {}).items():
-        lines += [f"      {comp}: + {ref}" for ref in diff["added"]]
-        lines += [f"      {comp}: ~ {old} -> {new}" for old, new in diff["changed"]]
-        lines += [f"      {comp}: - {ref}" for ref in diff["removed"]]
+    lines = []
+    for comp, diff in packages.items():
+        where = f"{comp}: " if comp else ""
+        lines += [f"      {where}+ {ref}" for ref in diff["added"]]
+        lines += [f"      {where}~ {old} -> {new}" for old, new in diff["changed"]]
+        lines += [f"      {where}- {ref}" for ref in diff["removed"]]
     return lines
 
 
@@ -247,8 +261,9 @@ def plan(files: FilesOpt, as_json: JsonOpt = False,
                                                          help="Exit 2 when anything would change")] = False,
          owner: OwnerOpt = "default", force: ForceOpt = False, replace: ReplaceOpt = [],
          take_over: TakeOverOpt = False,
-         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the packages each publish "
-                                                                          "change adds, changes, removes")] = False
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the packages each mirror and "
+                                                                          "publish change adds, changes, removes")]
+         = False
          ) -> None:
     """Show what apply would do, per object, with package counts. Downloads no package file.
 
@@ -256,6 +271,9 @@ def plan(files: FilesOpt, as_json: JsonOpt = False,
     """
     from reconciler.reconcile import make_plan
 
+    if as_json and fmt not in (Format.text, Format.json):
+        raise typer.BadParameter(f"--json and --format {fmt.value} contradict each other; give one",
+                                 param_hint="--json/--format")
     try:
         specs = _load(files)
         the_plan = make_plan(_context(read_only=True), specs, _options(owner, force, replace, files, take_over))
@@ -399,16 +417,20 @@ PathOpt = Optional[Path]
 @app.command()
 def serve(
     specs: Annotated[PathOpt, typer.Option("--specs", help="Spec directory (e.g. a mounted ConfigMap)")] = None,
-    git: Annotated[Optional[str], typer.Option("--git", help="Git repository URL holding the specs")] = None,
+    git: Annotated[Optional[str], typer.Option("--git", metavar="URL",
+                                               help="Git repository URL holding the specs")] = None,
     ref: Annotated[str, typer.Option("--ref", help="Branch, tag or commit to follow")] = "main",
     path: Annotated[str, typer.Option("--path", help="Directory of the specs inside the repository")] = ".",
-    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT or [IPV6]:PORT of the API")] = "127.0.0.1:8080",
-    interval: Annotated[str, typer.Option("--interval", help="Reconcile this often (±10%): 30s, 10m, 1h")] = "10m",
+    listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
+                                        help="HOST:PORT or [IPV6]:PORT of the API")] = "127.0.0.1:8080",
+    interval: Annotated[str, typer.Option("--interval", metavar="DURATION",
+                                          help="Reconcile this often (±10%): 30s, 10m, 1h")] = "10m",
     token_file: Annotated[PathOpt, typer.Option("--token-file", help="Bearer token mutating calls need")] = None,
     serve_public: Annotated[bool, typer.Option("--serve-public", help="Serve the publish root at /public/")] = False,
     suspend: Annotated[bool, typer.Option("--suspend", help="Reconcile only on POST /api/reconcile")] = False,
     owner: OwnerOpt = "default",
-    grace: Annotated[str, typer.Option("--grace-period", help="Time a running task gets after SIGTERM")] = "30s",
+    grace: Annotated[str, typer.Option("--grace-period", metavar="DURATION",
+                                       help="Time a running task gets after SIGTERM")] = "30s",
     git_username_file: Annotated[PathOpt, typer.Option("--git-username-file", help="HTTPS basic auth user")] = None,
     git_password_file: Annotated[PathOpt, typer.Option("--git-password-file", help="HTTPS basic password")] = None,
     git_token_file: Annotated[PathOpt, typer.Option("--git-token-file", help="HTTPS bearer token")] = None,

@@ -43,11 +43,10 @@ def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
     `upstream` calls its sync makes, so what sync would refuse (an expired Release, a
     bomb, a stall) shows here as that mirror's error.
 
-    `upcoming` receives, for each changed mirror that a declared snapshot is taken
-    from, the package list its update would store: plan previews of those snapshots
-    show what they will hold, not what the mirror holds now."""
+    `upcoming` receives, for each changed mirror, the package list its update would
+    store: the plan lists the mirror's package changes from it, and previews of the
+    snapshots taken from it show what they will hold, not what the mirror holds now."""
     store = ctx.store()
-    wanted_by = {d.spec.mirror for d in specs.snapshots.values() if d.spec.mirror}
     out = {}
     for name, doc in specs.mirrors.items():
         row = observed.mirrors.get(name) or observed.mirrors.get(doc.metadata.renamedFrom or "")
@@ -57,7 +56,7 @@ def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
         except ReconcilerError as exc:
             out[name] = planner.Probe(changed=True, error=str(exc))
             continue
-        if upcoming is not None and packages is not None and name in wanted_by:
+        if upcoming is not None and packages is not None:
             upcoming[name] = packages
     return out
 
@@ -132,18 +131,39 @@ def _preview_new(store: Store, specs: Specs, name: str, upcoming: dict[str, list
     return upstream.select_stored(packages, doc.spec.filter, doc.spec.filterWithDeps)
 
 
+def _stored_list(store: Store, row) -> list:
+    return [p for _id, p in store.packages.load(store.lists.ids(row.list_digest))] if row is not None else []
+
+
+def _empty_filter(kind: str, name: str, spec) -> str:
+    return (f"; WARNING: {kind}/{name}: filter {spec.filter!r} matches no package; check its spelling "
+            f"(`reconciler packages QUERY` tries a query)")
+
+
 def describe(store: Store, specs: Specs, the_plan: planner.Plan, upcoming: dict[str, list] | None = None) -> None:
-    """Add package counts to snapshot creates and a per-component package diff to publish changes."""
+    """Add package counts to snapshot creates, the package diff to mirror changes, a
+    per-component package diff to publish changes, and a warning to a filter that
+    selects nothing."""
     upcoming = upcoming or {}
     for change in the_plan.changes:
+        if change.kind == "Mirror" and change.op in ("create", "edit", "update") and change.name in upcoming:
+            doc = specs.mirrors[change.name]
+            row = store.mirrors.get(change.name) or store.mirrors.get(doc.metadata.renamedFrom or "")
+            new = upcoming[change.name]
+            change.detail["packages"] = planner.package_diff(_stored_list(store, row), new)
+            if doc.spec.filter and not new:
+                change.reason += _empty_filter("mirror", change.name, doc.spec)
+            continue
         if change.kind == "Snapshot" and change.op in ("create", "replace"):
             name = change.detail.get("series") or change.name
             preview = _preview_new(store, specs, name, upcoming)
             if preview is not None:
-                mirror = specs.snapshots[name].spec.mirror
-                source = "after the mirror's update" if mirror in upcoming else "from the current mirror list"
+                spec = specs.snapshots[name].spec
+                source = "after the mirror's update" if spec.mirror in upcoming else "from the current mirror list"
                 change.detail["numPackages"] = len(preview)
                 change.reason += f": {len(preview)} packages ({source})"
+                if spec.filter and not preview:
+                    change.reason += _empty_filter("snapshot", name, spec)
             continue
         if change.kind != "Publish" or change.op not in ("create", "switch"):
             continue

@@ -66,3 +66,35 @@ def rows_for(kind: str):
         "snapshot": ("snapshots", snapshot),
         "publish": ("publishes", publish),
     }[kind]
+
+
+def text(value) -> str:
+    """One value as `show` prints it: lists as comma lists, mappings as k=v, None as `-`."""
+    if value is None or value == "" or value == [] or value == {}:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(text(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={text(v)}" for k, v in value.items())
+    return str(value)
+
+
+def table(kind: str, items: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of `list KIND` as text: the columns an operator scans first."""
+    if kind == "mirror":
+        header = ["NAME", "PACKAGES", "STATUS", "UPDATED", "DISTRIBUTION", "COMPONENTS", "ARCHITECTURES", "URL"]
+        rows = [[i["name"], str(i["numPackages"]), i["status"] or "-", i["lastUpdate"] or "never",
+                 i["distribution"] or "-", text(i["components"]), text(i["architectures"]), i["url"] or "-"]
+                for i in items]
+    elif kind == "snapshot":
+        header = ["NAME", "PACKAGES", "SOURCE", "DIGEST", "CREATED"]
+        rows = [[i["name"], str(i["numPackages"]),
+                 f"mirror/{i['mirror']}" if i["mirror"] else "merge " + text(i["snapshots"]),
+                 (i["digest"] or "")[:12] or "-", i["createdAt"] or "-"] for i in items]
+    else:
+        header = ["NAME", "PACKAGES", "PREFIX", "DISTRIBUTION", "COMPONENTS", "PUBLISHED"]
+        rows = [[i["name"], str(i["numPackages"]), i["prefix"], i["distribution"], text(i["components"]),
+                 i["publishedAt"] or "-"] for i in items]
+    return header, rows
