@@ -55,7 +55,15 @@ TASK_THREADS = 4  # tasks run by API requests at once (update, drop); each is a 
 MAX_TASK_REQUESTS = 16  # such requests accepted at once, running or queued for one of those threads
 MAX_TOKEN_BYTES = 64 * 1024  # a bearer token file is a few dozen bytes
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a task id beyond it cannot exist
+DEFAULT_PAGE = 1000  # packages per page of /api/.../packages unless ?limit= says otherwise
+MAX_PAGE = 10000
 MAX_KEY_PARTS = 64  # /api/publishes/PREFIX/DIST tries each split, one query each
+
+# Query parameters of the /packages endpoints (module level: annotations are strings here)
+Q = Annotated[str | None, Query(description="aptly package query, e.g. 'Name (% lib*)'; all without one")]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Packages per page")]
+Offset = Annotated[int, Query(ge=0, description="Packages to skip")]
+Where = Annotated[str | None, Query(alias="in", description="mirror/NAME, snapshot/NAME or publish/NAME")]
 
 
 class Controller(Protocol):
@@ -176,6 +184,36 @@ def _reads(app: FastAPI, ctx: tasks.Context) -> None:
     @app.get("/api/snapshots/{name}", tags=["snapshots"], summary="One snapshot", responses={404: {}})
     def get_snapshot(name: str, store: Store = connect) -> dict:
         return views.snapshot(_found(store.snapshots.get(name), f"snapshot {name!r}"))
+
+    def packages(store: Store, q: str | None, where: str | None, limit: int, offset: int) -> dict:
+        return views.packages(store, q, where, limit=limit, offset=offset)
+
+    @app.get("/api/packages", tags=["packages"], responses={400: {}, 404: {}, 422: {}},
+             summary="Search packages: in one object (in=mirror/NAME, snapshot/NAME, publish/NAME) or in "
+                     "every mirror and snapshot")
+    def search_packages(q: Q = None, where: Where = None,
+                        limit: Limit = DEFAULT_PAGE, offset: Offset = 0, store: Store = connect) -> dict:
+        return packages(store, q, where, limit, offset)
+
+    @app.get("/api/mirrors/{name}/packages", tags=["packages"], responses={404: {}, 422: {}},
+             summary="A mirror's packages (q: an aptly query)")
+    def mirror_packages(name: str, q: Q = None, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
+                        store: Store = connect) -> dict:
+        return packages(store, q, f"mirror/{name}", limit, offset)
+
+    @app.get("/api/snapshots/{name}/packages", tags=["packages"], responses={404: {}, 422: {}},
+             summary="A snapshot's packages (q: an aptly query)")
+    def snapshot_packages(name: str, q: Q = None, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
+                          store: Store = connect) -> dict:
+        return packages(store, q, f"snapshot/{name}", limit, offset)
+
+    @app.get("/api/publish/{key:path}/packages", include_in_schema=False)
+    @app.get("/api/publishes/{key:path}/packages", tags=["packages"], responses={404: {}, 422: {}},
+             summary="A published tree's packages, each with its component: /api/publishes/PREFIX/DIST/packages")
+    def publish_packages(key: str, q: Q = None, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
+                         store: Store = connect) -> dict:
+        row = _found(_publish_at(store, key), f"publish {key!r}")
+        return packages(store, q, f"publish/{row.name}", limit, offset)
 
     # /api/publishes is the canonical name (plural, as /api/mirrors and /api/snapshots);
     # /api/publish stays as an alias of every publish endpoint, hidden from the schema.

@@ -105,11 +105,19 @@ def validate(files: FilesOpt) -> None:
 
 
 @app.command()
-def schema() -> None:
+def schema(markdown: Annotated[bool, typer.Option("--markdown", help="Print the spec reference "
+                                                                     "(docs/specs.md) instead")] = False) -> None:
     """Print the JSON Schema of a spec document (for yaml-language-server).
 
     Example: reconciler schema > reconciler.schema.json
+
+    Example: reconciler schema --markdown > docs/specs.md
     """
+    if markdown:
+        from reconciler.docgen import markdown as reference
+
+        typer.echo(reference(), nl=False)
+        return
     from reconciler.spec import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
@@ -185,6 +193,43 @@ def show(kind: Kind, name: str, as_json: JsonOpt = False) -> None:
     else:
         for key, value in item.items():
             typer.echo(f"{key}: {views.text(value)}")
+
+
+@app.command()
+def packages(
+    text: Annotated[Optional[str], typer.Argument(metavar="[QUERY]", help="aptly package query, e.g. "
+                                                                         "'Name (% lib*)'; all without one")]
+    = None,
+    where: Annotated[Optional[str], typer.Option("--in", metavar="KIND/NAME",
+                                                 help="mirror/NAME, snapshot/NAME or publish/NAME; default: "
+                                                      "every mirror and snapshot")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List or search packages: one object's list with --in, else every stored list.
+
+    Example: reconciler packages --in snapshot/stable-2026-11-25 'Priority (required)'
+
+    Example: reconciler packages 'hello (>= 2.10)' --json
+    """
+    try:
+        found = views.packages(_context(read_only=True).store(), text, where)
+    except ReconcilerError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    rows = found["packages"]
+    if not rows:
+        typer.echo("no packages match" if text else "no packages")
+        return
+    header = ["NAME", "VERSION", "ARCH", "TYPE"]
+    cells = [[r["name"], r["version"], r["arch"], r["type"]] for r in rows]
+    if where is None or where.startswith("publish/"):
+        header.append("IN" if where is None else "COMPONENT")
+        for cell, r in zip(cells, rows):
+            cell.append(r["in"] if where is None else r["component"])
+    typer.echo(_table(header, cells))
+    typer.echo(f"{found['total']} package(s)", err=True)
 
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Drop objects in use; accept removals beyond the gate and "
