@@ -6,6 +6,8 @@ One place, so the CLI and the API can never disagree on a field name. Every item
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from reconciler.debian import query
 from reconciler.errors import BadRequest, NotFound
 from reconciler.state.stores import MirrorRow, PublishRow, SnapshotRow, Store
@@ -157,3 +159,96 @@ def packages(store: Store, text: str | None = None, where: str | None = None, *,
     page = rows[offset:] if limit is None else rows[offset:offset + limit]
     return {"total": len(rows), "offset": offset, "limit": limit, "query": matcher and str(text).strip(),
             "in": where, "packages": page}
+
+
+def task(row: dict) -> dict:
+    """A task row (snake_case columns) in the camelCase every other shape uses."""
+    return {_camel(key): value for key, value in row.items()}
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+# -- the shapes above as models: the API's response schemas in /openapi.json ----------
+# tests/test_api_shapes.py checks that each model has exactly the keys its view returns.
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class MirrorView(_Shape):
+    name: str
+    url: str | None = Field(description="Archive root, as the spec gives it")
+    distribution: str | None
+    components: list[str] = Field(description="As declared, else all the upstream Release lists")
+    architectures: list[str] = Field(description="As declared, else all the upstream Release lists")
+    filter: str | None
+    numPackages: int
+    status: str = Field(description="ready, or failed (lastError says why; the previous list is kept)")
+    updateComplete: bool
+    lastUpdate: str | None = Field(description="ISO time of the last successful update")
+    lastError: str | None
+    upstreamDate: str | None = Field(description="Date of the upstream Release last read")
+    owner: str
+    protect: bool
+    createdAt: str
+
+
+class SnapshotView(_Shape):
+    name: str
+    numPackages: int
+    digest: str = Field(description="SHA256 of the package list: equal digests, equal content")
+    mirror: str | None = Field(description="The mirror it was taken from (null for a merge)")
+    snapshots: list[str] = Field(description="The snapshots it merges (empty when taken from a mirror)")
+    series: str | None = Field(description="The series it belongs to")
+    filter: str | None
+    owner: str
+    protect: bool
+    createdAt: str
+
+
+class PublishView(_Shape):
+    name: str
+    prefix: str
+    distribution: str
+    components: dict[str, str] = Field(description="component -> the snapshot it serves")
+    numPackages: int
+    releaseSha256: str | None
+    owner: str
+    protect: bool
+    publishedAt: str
+
+
+class TaskView(_Shape):
+    id: int
+    name: str
+    resources: list[str] = Field(description="The lock keys the task held")
+    state: str = Field(description="queued, running, succeeded or failed")
+    pid: int | None
+    host: str | None
+    createdAt: str
+    startedAt: str | None
+    endedAt: str | None
+    output: str
+    error: str | None
+
+
+class PackageView(_Shape):
+    name: str
+    version: str
+    arch: str
+    type: str = Field(description="deb, udeb or source")
+    in_: str = Field(alias="in", description="The list it is in: mirror/NAME, snapshot/NAME, publish/NAME")
+    component: str | None = Field(description="The component of a publish (null otherwise)")
+
+
+class PackagePage(_Shape):
+    total: int = Field(description="Matching packages in all pages")
+    offset: int
+    limit: int | None
+    query: str | None
+    in_: str | None = Field(alias="in")
+    packages: list[PackageView]
