@@ -459,6 +459,22 @@ def _git_source(url: str, ref: str, path: str, *, username_file: Optional[Path],
 PathOpt = Optional[Path]
 
 
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = Annotated[LogFormat, typer.Option("--log-format", help="text for a terminal; json: one object a "
+                                                                     "line (time, level, message, kind, name, op, "
+                                                                     "seconds) for a log collector")]
+
+
+def _logging(fmt: LogFormat) -> None:
+    from reconciler import logfmt
+
+    logfmt.setup(fmt.value)
+
+
 @app.command()
 def serve(
     specs: Annotated[PathOpt, typer.Option("--specs", help="Spec directory (e.g. a mounted ConfigMap)")] = None,
@@ -484,6 +500,7 @@ def serve(
                                                                           "trusted key")] = False,
     trusted_keys_file: Annotated[PathOpt, typer.Option("--trusted-keys-file", help="OpenPGP public keys that "
                                                                                     "must sign commits")] = None,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Reconcile continuously and serve the HTTP API (/api, /healthz, /readyz, /metrics, /openapi.json).
 
@@ -511,6 +528,7 @@ def serve(
         source = _git_source(git, ref, path, username_file=git_username_file, password_file=git_password_file,
                              token_file=git_token_file, ssh_key_file=git_ssh_key_file,
                              verify_commits=verify_commits, trusted_keys_file=trusted_keys_file)
+    _logging(log_format)
     options = server.Options(listen=listen, interval=_duration(interval, "--interval"), owner=owner,
                              suspend=suspend, token_file=token_file, serve_public=serve_public,
                              grace=_duration(grace, "--grace-period"))
@@ -522,15 +540,25 @@ def serve(
 
 
 @app.command()
-def watch(files: FilesOpt, owner: OwnerOpt = "default") -> None:
+def watch(files: FilesOpt, owner: OwnerOpt = "default", log_format: LogFormatOpt = LogFormat.text) -> None:
     """Validate, plan and apply whenever the spec files change; an invalid edit applies nothing.
 
-    Example: reconciler watch -f examples/repos
+    Example: reconciler watch -f examples/repos --log-format json
     """
+    import logging
+
     from reconciler import watch as watcher
 
+    echo = typer.echo
+    if log_format is LogFormat.json:  # each line of output one JSON record on stderr
+        _logging(log_format)
+        log = logging.getLogger("reconciler.watch")
+
+        def echo(text: str) -> None:
+            for line in str(text).splitlines():
+                (log.warning if line.startswith(("WARNING", "FAILED", "error")) else log.info)("%s", line)
     try:
-        code = watcher.run(_context(), files, owner=owner, echo=typer.echo)
+        code = watcher.run(_context(), files, owner=owner, echo=echo)
     except ReconcilerError as exc:
         _fail(exc)
     raise typer.Exit(code)
