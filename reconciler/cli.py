@@ -172,7 +172,8 @@ def list_publishes(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def show(kind: Kind, name: str, as_json: JsonOpt = False) -> None:
+def show(kind: Annotated[Kind, typer.Argument(metavar="KIND", help="mirror, snapshot or publish")],
+         name: Annotated[str, typer.Argument(metavar="NAME")], as_json: JsonOpt = False) -> None:
     """Show one object; exit 1 when unknown.
 
     Example: reconciler show mirror bookworm-main --json
@@ -395,7 +396,9 @@ def verify(deep: Annotated[bool, typer.Option("--deep", help="Also re-hash every
 
 
 @app.command()
-def diff(kind: Annotated[str, typer.Argument(help="snapshot")], a: str, b: str, as_json: JsonOpt = False) -> None:
+def diff(kind: Annotated[str, typer.Argument(metavar="KIND", help="snapshot")],
+         a: Annotated[str, typer.Argument(metavar="A", help="The older snapshot")],
+         b: Annotated[str, typer.Argument(metavar="B", help="The newer snapshot")], as_json: JsonOpt = False) -> None:
     """List packages added, removed and changed between two snapshots.
 
     Example: reconciler diff snapshot stable-2026-11-24 stable-2026-11-25
@@ -480,8 +483,9 @@ def serve(
     specs: Annotated[PathOpt, typer.Option("--specs", help="Spec directory (e.g. a mounted ConfigMap)")] = None,
     git: Annotated[Optional[str], typer.Option("--git", metavar="URL",
                                                help="Git repository URL holding the specs")] = None,
-    ref: Annotated[str, typer.Option("--ref", help="Branch, tag or commit to follow")] = "main",
-    path: Annotated[str, typer.Option("--path", help="Directory of the specs inside the repository")] = ".",
+    ref: Annotated[str, typer.Option("--ref", metavar="REF", help="Branch, tag or commit to follow")] = "main",
+    path: Annotated[str, typer.Option("--path", metavar="DIR",
+                                      help="Directory of the specs inside the repository")] = ".",
     listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
                                         help="HOST:PORT or [IPV6]:PORT of the API")] = "127.0.0.1:8080",
     interval: Annotated[str, typer.Option("--interval", metavar="DURATION",

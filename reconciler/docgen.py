@@ -116,8 +116,8 @@ spec:
 def markdown() -> str:
     """The whole reference, as docs/specs.md holds it."""
     parts = [INTRO, _section("metadata", Metadata, "## `metadata` (every kind)")]
-    for kind, doc in KINDS.items():
-        spec_model = doc.model_fields["spec"].annotation
+    for kind, doc in typing.cast(dict[str, type[BaseModel]], KINDS).items():
+        spec_model = typing.cast(type[BaseModel], doc.model_fields["spec"].annotation)
         parts.append(f"## {kind}\n\n```yaml\n{EXAMPLES[kind]}```\n")
         for path, model in _models(spec_model, "spec"):
             parts.append(_section(path, model, f"### {kind} `{path}`"))
@@ -146,7 +146,7 @@ def _section(path: str, model: type[BaseModel], heading: str) -> str:
     lines += ["| Field | Type | Default | Description |", "|---|---|---|---|"]
     for name, info in model.model_fields.items():
         description = (info.description or "").replace("|", "\\|")
-        lines.append(f"| `{name}` | {_type(info.annotation, info)} | {_default(info, path, name)} | {description} |")
+        lines.append(f"| `{name}` | {_type(info.annotation, info)} | {_default(info)} | {description} |")
     return "\n".join(lines) + "\n"
 
 
@@ -177,11 +177,11 @@ def _type_text(annotation) -> str:
     return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation, str(annotation))
 
 
-def _default(info: FieldInfo, path: str, name: str) -> str:
+def _default(info: FieldInfo) -> str:
     if info.is_required():
         return "required"
     if info.default_factory is not None:
-        made = info.default_factory()
+        made = info.default_factory()  # type: ignore[call-arg]  # ours take no arguments
         return "see below" if isinstance(made, BaseModel) else f"`{json.dumps(made)}`"
     return f"`{json.dumps(info.default)}`"
 

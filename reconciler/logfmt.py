@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _OBJECT = re.compile(r"^(FAILED )?(mirror|snapshot|publish)/([^:\s]+):?\s*([A-Za-z-]+)?")
 _SECONDS = re.compile(r"\((\d+(?:\.\d+)?)s\)$")
@@ -24,7 +24,7 @@ EXTRAS = ("kind", "op", "task", "seconds")
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        out: dict = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+        out: dict = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
                      "level": record.levelname.lower(), "logger": record.name, "message": message}
         found = _OBJECT.match(message)
         if found:

@@ -121,11 +121,11 @@ def package_lists(store: Store, where: str | None) -> list[tuple[str, str | None
     if not slash or kind not in PACKAGE_KINDS or not name:
         raise BadRequest(f"cannot list packages in {where!r}: give mirror/NAME, snapshot/NAME or publish/NAME")
     if kind == "publish":
-        row = store.publishes.get(name)
-        if row is None:
+        published = store.publishes.get(name)
+        if published is None:
             raise NotFound(f"publish {name!r} does not exist (`reconciler list publishes` names them)")
-        out = []
-        for comp, snapshot_name in sorted(row.sources.items()):
+        out: list[tuple[str, str | None, list[int]]] = []
+        for comp, snapshot_name in sorted(published.sources.items()):
             snap = store.snapshots.get(snapshot_name)
             if snap is None:
                 raise NotFound(f"publish/{name}: component {comp} serves snapshot {snapshot_name!r}, which "

@@ -24,7 +24,7 @@ TOKEN = {"Authorization": "Bearer t0ken"}
 
 @pytest.fixture
 def server(tmp_path, upstream, start):  # noqa: F811
-    built, archive, key = upstream
+    _built, archive, key = upstream
     specs = tmp_path / "specs"
     specs.mkdir()
     (specs / "all.yaml").write_text(mirror_spec("up", archive.url, key.public_armored) + SNAPSHOT_AND_PUBLISH

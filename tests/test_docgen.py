@@ -3,7 +3,6 @@ the generators print now, and every field of every model must be described there
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml

@@ -16,7 +16,7 @@ from tests.test_api import SNAPSHOT_AND_PUBLISH, upstream  # noqa: F401 (the fix
 
 
 def specs_dir(tmp_path, upstream):  # noqa: F811
-    built, archive, key = upstream
+    _built, archive, key = upstream
     specs = tmp_path / "specs"
     specs.mkdir()
     (specs / "all.yaml").write_text(mirror_spec("up", archive.url, key.public_armored) + SNAPSHOT_AND_PUBLISH)
