@@ -6,6 +6,8 @@ upstream on 127.0.0.1 that its own reconcile mirrors, snapshots and publishes.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from reconciler import views
@@ -104,3 +106,10 @@ def test_delete_for_snapshots_and_publishes_with_the_mirror_guards(server):
     assert server.get("/api/snapshots/snap").status_code == 404
     names = {t["name"] for t in server.get("/api/tasks").json()}
     assert {"drop publish pub", "drop snapshot snap"} <= names  # each a locked task
+
+
+def test_docs_api_md_names_every_endpoint(server):
+    text = (Path(__file__).resolve().parent.parent / "docs/api.md").read_text()
+    for path, operations in server.get("/openapi.json").json()["paths"].items():
+        for method in operations:
+            assert f"| {method.upper()} | `{path}` |" in text, f"docs/api.md does not list {method.upper()} {path}"
