@@ -36,17 +36,21 @@ def observe(store: Store, publish_root: Path | None = None) -> planner.Observed:
 
 
 def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
-          upcoming: dict[str, list] | None = None) -> dict[str, planner.Probe]:
+          upcoming: dict[str, list] | None = None,
+          diffs: dict[str, dict] | None = None) -> dict[str, planner.Probe]:
     """Read each mirror's upstream (Release, and indexes when it changed); download no package.
 
     Each mirror is read with its own network settings and limits, through the same
     `upstream` calls its sync makes, so what sync would refuse (an expired Release, a
     bomb, a stall) shows here as that mirror's error.
 
-    `upcoming` receives, for each changed mirror, the package list its update would
-    store: the plan lists the mirror's package changes from it, and previews of the
-    snapshots taken from it show what they will hold, not what the mirror holds now."""
+    `upcoming` receives, for each changed mirror that a declared snapshot is taken
+    from, the package list its update would store: plan previews of those snapshots
+    show what they will hold, not what the mirror holds now. `diffs` receives, for
+    each changed mirror, the packages its update adds, changes and removes (only the
+    refs are kept: a list of every mirror's packages could be gigabytes)."""
     store = ctx.store()
+    wanted_by = {d.spec.mirror for d in specs.snapshots.values() if d.spec.mirror}
     out = {}
     for name, doc in specs.mirrors.items():
         row = observed.mirrors.get(name) or observed.mirrors.get(doc.metadata.renamedFrom or "")
@@ -56,8 +60,12 @@ def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
         except ReconcilerError as exc:
             out[name] = planner.Probe(changed=True, error=str(exc))
             continue
-        if upcoming is not None and packages is not None:
+        if packages is None:
+            continue
+        if upcoming is not None and name in wanted_by:
             upcoming[name] = packages
+        if diffs is not None:
+            diffs[name] = planner.package_diff(_stored_list(store, row), packages)
     return out
 
 
@@ -81,13 +89,14 @@ def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> tuple[planner.P
 def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, with_probe: bool = True) -> planner.Plan:
     observed = observe(ctx.store(), ctx.publish_root if with_probe else None)
     upcoming: dict[str, list] = {}
+    diffs: dict[str, dict] = {}
     if with_probe:
-        observed.probes = probe(ctx, specs, observed, upcoming)
+        observed.probes = probe(ctx, specs, observed, upcoming, diffs)
         observed.pool = repair.pool_damage(ctx.store(), ctx.pool, set(specs.mirrors))
         observed.problems = unusable_files(specs)
     the_plan = planner.plan(specs, observed, options)
     if with_probe:
-        describe(ctx.store(), specs, the_plan, upcoming)
+        describe(ctx.store(), specs, the_plan, upcoming, diffs)
     return the_plan
 
 
@@ -140,18 +149,17 @@ def _empty_filter(kind: str, name: str, spec) -> str:
             f"(`reconciler packages QUERY` tries a query)")
 
 
-def describe(store: Store, specs: Specs, the_plan: planner.Plan, upcoming: dict[str, list] | None = None) -> None:
-    """Add package counts to snapshot creates, the package diff to mirror changes, a
-    per-component package diff to publish changes, and a warning to a filter that
-    selects nothing."""
-    upcoming = upcoming or {}
+def describe(store: Store, specs: Specs, the_plan: planner.Plan, upcoming: dict[str, list] | None = None,
+             diffs: dict[str, dict] | None = None) -> None:
+    """Add package counts to snapshot creates, the package diff (`diffs`) to mirror
+    changes, a per-component package diff to publish changes, and a warning to a
+    filter that selects nothing."""
+    upcoming, diffs = upcoming or {}, diffs or {}
     for change in the_plan.changes:
-        if change.kind == "Mirror" and change.op in ("create", "edit", "update") and change.name in upcoming:
+        if change.kind == "Mirror" and change.op in ("create", "edit", "update") and change.name in diffs:
             doc = specs.mirrors[change.name]
-            row = store.mirrors.get(change.name) or store.mirrors.get(doc.metadata.renamedFrom or "")
-            new = upcoming[change.name]
-            change.detail["packages"] = planner.package_diff(_stored_list(store, row), new)
-            if doc.spec.filter and not new:
+            change.detail["packages"] = diffs[change.name]
+            if doc.spec.filter and not change.detail.get("numPackages"):
                 change.reason += _empty_filter("mirror", change.name, doc.spec)
             continue
         if change.kind == "Snapshot" and change.op in ("create", "replace"):
