@@ -3,7 +3,7 @@
 - Reads open a connection of their own per request: the JSON shapes come from `views`,
   the same functions `--json` uses, so the CLI and the API cannot disagree.
 - Mutations call the same actions the CLI's `apply` does (`mirrors.sync`,
-  `mirrors.drop`). Each is a locked task that reloads and re-checks inside its lock,
+  `mirrors.drop`, `snapshots.drop`, `publish.drop`). Each is a locked task that reloads and re-checks inside its lock,
   so a DELETE racing a snapshot of the same mirror is decided there, freshly, and a
   refusal (in use: 403 naming the users) leaves everything as it was.
 - Nothing that waits for reconcile work may hold a thread the reads need, or the pod's
@@ -12,7 +12,10 @@
   AnyIO's thread pool, which nothing else holds for long: `POST /api/reconcile?wait=1`
   waits on the event loop, and endpoints that run a task run on threads of their own.
   Both are bounded (LIMITS below); a request beyond the bound is answered 429 at once.
-- Domain errors become HTTP statuses in one handler, from each error's `http_status`.
+- Domain errors become HTTP statuses in one handler, from each error's `http_status`;
+  every error answer (401, 404, 422, 429 too) is `{"error", "message"}` (ErrorBody).
+- Names: /api/mirrors, /api/snapshots, /api/publishes (/api/publish is an alias kept
+  for old clients), each with /packages; the shapes are the models in `views`.
 - With a token file, mutating endpoints need `Authorization: Bearer TOKEN`, compared in
   constant time; the file is read per request, so a rotated Secret takes effect
   without a restart. A token file that is missing, unreadable or empty refuses every
@@ -32,17 +35,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Protocol
 
+from http import HTTPStatus
+
 import anyio
 import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from reconciler import __version__, tasks, views
-from reconciler.actions import mirrors
+from reconciler.actions import mirrors, publish, snapshots
 from reconciler.errors import AuthUnavailable, InUse, NotFound, ReconcilerError, SpecError
+from reconciler.loader import Specs
 from reconciler.metrics import CONTENT_TYPE, Metrics
+from pydantic import BaseModel, Field
+
 from reconciler.spec import API_VERSION, MirrorDoc
 from reconciler.state.stores import Store
 
@@ -55,7 +65,28 @@ TASK_THREADS = 4  # tasks run by API requests at once (update, drop); each is a 
 MAX_TASK_REQUESTS = 16  # such requests accepted at once, running or queued for one of those threads
 MAX_TOKEN_BYTES = 64 * 1024  # a bearer token file is a few dozen bytes
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a task id beyond it cannot exist
-MAX_KEY_PARTS = 64  # /api/publish/PREFIX/DIST tries each split, one query each
+DEFAULT_PAGE = 1000  # packages per page of /api/.../packages unless ?limit= says otherwise
+MAX_PAGE = 10000
+MAX_KEY_PARTS = 64  # /api/publishes/PREFIX/DIST tries each split, one query each
+
+# Query parameters of the /packages endpoints (module level: annotations are strings here)
+Q = Annotated[str | None, Query(description="aptly package query, e.g. 'Name (% lib*)'; all without one")]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Packages per page")]
+Offset = Annotated[int, Query(ge=0, description="Packages to skip")]
+Where = Annotated[str | None, Query(alias="in", description="mirror/NAME, snapshot/NAME or publish/NAME")]
+
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: the error's class (NotFound, InUse, Unauthorized, ...) and a message."""
+
+    error: str
+    message: str
+    users: list[str] | None = Field(None, description="What uses the object (InUse)")
+    issues: list[str] | None = Field(None, description="Each problem (SpecError, ValidationError)")
+
+
+ERROR = {"model": ErrorBody}
 
 
 class Controller(Protocol):
@@ -63,6 +94,7 @@ class Controller(Protocol):
 
     owner: str
     ready: bool
+    specs: Specs | None  # the specs last loaded (None before the first load)
 
     @property
     def alive(self) -> bool: ...
@@ -86,6 +118,8 @@ def create_app(ctx: tasks.Context, controller: Controller, *, metrics: Metrics |
     app = FastAPI(title="reconciler", version=__version__,
                   description="Declarative Debian repositories: mirrors, snapshots and signed published trees.")
     app.add_exception_handler(ReconcilerError, _error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
     metrics = metrics or Metrics(ctx)
     if token_file is not None:
         read_token(token_file)  # refuse to start with a token file that would refuse every mutation
@@ -108,6 +142,23 @@ async def _error(request: Request, exc: ReconcilerError) -> JSONResponse:
     if isinstance(exc, SpecError):
         body["issues"] = [str(i) for i in exc.issues]
     return JSONResponse(body, status_code=exc.http_status)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """401, 429, 503 and unknown paths in the same {"error", "message"} shape as domain errors."""
+    try:
+        error = HTTPStatus(exc.status_code).phrase.replace(" ", "").replace("-", "")
+    except ValueError:
+        error = f"HTTP{exc.status_code}"
+    return JSONResponse({"error": error, "message": str(exc.detail)}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A malformed request (limit=0, a task id that is no number): 422, each issue named."""
+    issues = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    return JSONResponse({"error": "ValidationError", "message": "; ".join(issues), "issues": issues},
+                        status_code=422)
 
 
 def read_token(path: Path) -> str:
@@ -161,39 +212,85 @@ def _store(ctx: tasks.Context):
 def _reads(app: FastAPI, ctx: tasks.Context) -> None:
     connect = Depends(_store(ctx))  # a default value, not an alias: annotations are strings here
 
-    @app.get("/api/mirrors", tags=["mirrors"], summary="List mirrors, each with numPackages")
+    @app.get("/api/mirrors", tags=["mirrors"], summary="List mirrors, each with numPackages",
+             response_model=list[views.MirrorView])
     def list_mirrors(store: Store = connect) -> list[dict]:
         return [views.mirror(r) for r in store.mirrors.list()]
 
-    @app.get("/api/mirrors/{name}", tags=["mirrors"], summary="One mirror", responses={404: {}})
+    @app.get("/api/mirrors/{name}", tags=["mirrors"], summary="One mirror", responses={404: ERROR},
+             response_model=views.MirrorView)
     def get_mirror(name: str, store: Store = connect) -> dict:
         return views.mirror(_found(store.mirrors.get(name), f"mirror {name!r}"))
 
-    @app.get("/api/snapshots", tags=["snapshots"], summary="List snapshots, each with numPackages")
+    @app.get("/api/snapshots", tags=["snapshots"], summary="List snapshots, each with numPackages",
+             response_model=list[views.SnapshotView])
     def list_snapshots(store: Store = connect) -> list[dict]:
         return [views.snapshot(r) for r in store.snapshots.list()]
 
-    @app.get("/api/snapshots/{name}", tags=["snapshots"], summary="One snapshot", responses={404: {}})
+    @app.get("/api/snapshots/{name}", tags=["snapshots"], summary="One snapshot", responses={404: ERROR},
+             response_model=views.SnapshotView)
     def get_snapshot(name: str, store: Store = connect) -> dict:
         return views.snapshot(_found(store.snapshots.get(name), f"snapshot {name!r}"))
 
-    @app.get("/api/publish", tags=["publish"], summary="List published trees, each with numPackages")
+    def packages(store: Store, q: str | None, where: str | None, limit: int, offset: int) -> dict:
+        return views.packages(store, q, where, limit=limit, offset=offset)
+
+    @app.get("/api/packages", tags=["packages"], responses={400: ERROR, 404: ERROR, 422: ERROR},
+             response_model=views.PackagePage,
+             summary="Search packages: in one object (in=mirror/NAME, snapshot/NAME, publish/NAME) or in "
+                     "every mirror and snapshot")
+    def search_packages(q: Q = None, where: Where = None,
+                        limit: Limit = DEFAULT_PAGE, offset: Offset = 0, store: Store = connect) -> dict:
+        return packages(store, q, where, limit, offset)
+
+    @app.get("/api/mirrors/{name}/packages", tags=["packages"], responses={404: ERROR, 422: ERROR},
+             response_model=views.PackagePage,
+             summary="A mirror's packages (q: an aptly query)")
+    def mirror_packages(name: str, q: Q = None, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
+                        store: Store = connect) -> dict:
+        return packages(store, q, f"mirror/{name}", limit, offset)
+
+    @app.get("/api/snapshots/{name}/packages", tags=["packages"], responses={404: ERROR, 422: ERROR},
+             response_model=views.PackagePage,
+             summary="A snapshot's packages (q: an aptly query)")
+    def snapshot_packages(name: str, q: Q = None, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
+                          store: Store = connect) -> dict:
+        return packages(store, q, f"snapshot/{name}", limit, offset)
+
+    @app.get("/api/publish/{key:path}/packages", include_in_schema=False)
+    @app.get("/api/publishes/{key:path}/packages", tags=["packages"], responses={404: ERROR, 422: ERROR},
+             response_model=views.PackagePage,
+             summary="A published tree's packages, each with its component: /api/publishes/PREFIX/DIST/packages")
+    def publish_packages(key: str, q: Q = None, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
+                         store: Store = connect) -> dict:
+        row = _found(_publish_at(store, key), f"publish {key!r}")
+        return packages(store, q, f"publish/{row.name}", limit, offset)
+
+    # /api/publishes is the canonical name (plural, as /api/mirrors and /api/snapshots);
+    # /api/publish stays as an alias of every publish endpoint, hidden from the schema.
+    @app.get("/api/publish", include_in_schema=False)
+    @app.get("/api/publishes", tags=["publishes"], summary="List published trees, each with numPackages",
+             response_model=list[views.PublishView])
     def list_publishes(store: Store = connect) -> list[dict]:
         return [views.publish(r) for r in store.publishes.list()]
 
-    @app.get("/api/publish/{key:path}", tags=["publish"], responses={404: {}},
-             summary="One published tree: /api/publish/PREFIX/DIST (/api/publish/DIST for the root prefix)")
+    @app.get("/api/publish/{key:path}", include_in_schema=False)
+    @app.get("/api/publishes/{key:path}", tags=["publishes"], responses={404: ERROR},
+             response_model=views.PublishView,
+             summary="One published tree: /api/publishes/PREFIX/DIST (/api/publishes/DIST for the root prefix)")
     def get_publish(key: str, store: Store = connect) -> dict:
         return views.publish(_found(_publish_at(store, key), f"publish {key!r}"))
 
-    @app.get("/api/tasks", tags=["tasks"], summary="Recent tasks, newest first")
+    @app.get("/api/tasks", tags=["tasks"], summary="Recent tasks, newest first",
+             response_model=list[views.TaskView])
     def list_tasks(limit: Annotated[int, Query(ge=1, le=1000)] = 50, store: Store = connect) -> list[dict]:
-        return tasks.list_tasks(store, limit=limit)
+        return [views.task(t) for t in tasks.list_tasks(store, limit=limit)]
 
-    @app.get("/api/tasks/{task_id}", tags=["tasks"], summary="One task: state, output, error", responses={404: {}})
+    @app.get("/api/tasks/{task_id}", tags=["tasks"], summary="One task: state, output, error",
+             responses={404: ERROR}, response_model=views.TaskView)
     def get_task(task_id: int, store: Store = connect) -> dict:
         row = tasks.get_task(store, task_id) if 0 < task_id <= MAX_ID else None
-        return _found(row, f"task {task_id}")
+        return views.task(_found(row, f"task {task_id}"))
 
 
 def _found(row, what: str):
@@ -265,7 +362,7 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
         return run
 
     @app.post("/api/mirrors/{name}/update", tags=["mirrors"], dependencies=guarded,
-              responses={401: {}, 404: {}, 403: {}, 429: {}, 503: {}},
+              responses={401: ERROR, 404: ERROR, 403: ERROR, 429: ERROR, 503: ERROR},
               summary="Update one mirror now, as a task (the declared spec, else the stored one)")
     async def update_mirror(name: str, force: bool = False) -> dict:
         def update():
@@ -275,19 +372,50 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
         result = await threads.run(timed(("Mirror", "update"), update))
         return {"name": name, "message": result.line(), "result": dataclasses.asdict(result)}
 
-    @app.delete("/api/mirrors/{name}", tags=["mirrors"], dependencies=guarded,
-                responses={401: {}, 404: {}, 403: {"description": "in use by snapshots (named), or protected"},
-                           429: {}, 503: {}},
-                summary="Drop a mirror; refused while snapshots were taken from it unless force=1")
-    async def drop_mirror(name: str, force: bool = False) -> dict:
-        message = await threads.run(timed(("Mirror", "drop"), lambda: mirrors.drop(ctx, name, force=force)))
+    def dropped(kind: str, name: str, message: str) -> dict:
         warnings = []
-        if controller.declared_mirror(name) is not None:
-            warnings.append(f"mirror/{name} is still declared in the specs: the next reconcile creates it again")
+        specs = controller.specs
+        declared = {"Mirror": specs.mirrors, "Snapshot": specs.snapshots, "Publish": specs.publishes} \
+            if specs else {}
+        if name in declared.get(kind, {}):
+            warnings.append(f"{kind.lower()}/{name} is still declared in the specs: the next reconcile creates "
+                            "it again")
         return {"name": name, "message": message, "warnings": warnings}
 
+    def drop_responses(users: str) -> dict:
+        return {401: ERROR, 404: ERROR, 429: ERROR, 503: ERROR,
+                403: {"model": ErrorBody, "description": f"in use by {users} (named in users), or protected"}}
+
+    def drop_by_name(kind: str, collection: str, users: str, action: Callable[..., str]) -> None:
+        @app.delete(f"/api/{collection}/{{name}}", tags=[collection], dependencies=guarded, response_model=Dropped,
+                    responses=drop_responses(users), name=f"drop_{kind.lower()}",
+                    summary=f"Drop a {kind.lower()}; refused while {users} use it unless force=1")
+        async def drop(name: str, force: bool = False) -> dict:
+            message = await threads.run(timed((kind, "drop"), lambda: action(ctx, name, force=force)))
+            return dropped(kind, name, message)
+
+    drop_by_name("Mirror", "mirrors", "snapshots", mirrors.drop)
+    drop_by_name("Snapshot", "snapshots", "publishes", snapshots.drop)
+
+    @app.delete("/api/publish/{key:path}", dependencies=guarded, include_in_schema=False)
+    @app.delete("/api/publishes/{key:path}", tags=["publishes"], dependencies=guarded, response_model=Dropped,
+                responses=drop_responses("nothing (a publish has no users)"),
+                summary="Drop a published tree (/api/publishes/PREFIX/DIST): its dists/ and the pool "
+                        "files nothing else there links")
+    async def drop_publish(key: str, force: bool = False) -> dict:
+        def drop() -> tuple[str, str]:
+            db = ctx.connect()
+            try:
+                row = _found(_publish_at(Store(db), key), f"publish {key!r}")
+            finally:
+                db.conn.close()
+            return row.name, publish.drop(ctx, row.name)  # re-checked inside its lock: protect, moved, gone
+
+        name, message = await threads.run(timed(("Publish", "drop"), drop))
+        return dropped("Publish", name, message)
+
     @app.post("/api/reconcile", tags=["reconcile"], dependencies=guarded, status_code=202,
-              responses={401: {}, 429: {}, 503: {}, 504: {}},
+              responses={401: ERROR, 429: ERROR, 503: ERROR, 504: {}},
               summary="Reconcile now; with wait=1, answer when that reconcile has finished")
     async def trigger(request: Request, wait: bool = False,
                       timeout: Annotated[float, Query(gt=0, le=3600)] = 600) -> Response:
@@ -306,6 +434,12 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
                     return Response(status_code=499)
                 await asyncio.sleep(WAIT_POLL)
         return JSONResponse(controller.status(), status_code=200)
+
+
+class Dropped(BaseModel):
+    name: str
+    message: str
+    warnings: list[str] = Field(description="E.g. the object is still declared: the next reconcile creates it")
 
 
 def _mirror_doc(ctx: tasks.Context, controller: Controller, name: str) -> tuple[MirrorDoc, str]:

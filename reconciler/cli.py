@@ -29,7 +29,8 @@ class State:
 
 
 STATE = State()
-FilesOpt = Annotated[list[Path], typer.Option("-f", "--file", help="Spec file or directory (repeatable)")]
+FilesOpt = Annotated[list[Path], typer.Option("-f", "--file", metavar="PATH",
+                                              help="Spec file or directory (repeatable)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable shape)")]
 
 
@@ -63,12 +64,22 @@ def _fail(exc: ReconcilerError) -> None:
     raise typer.Exit(1)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from reconciler import __version__
+
+        typer.echo(f"reconciler {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     root: Annotated[Path, typer.Option(envvar="RECONCILER_ROOT", help="State directory (state.db, pool, public/)")]
     = Path(".reconciler"),
     publish_root: Annotated[Optional[Path], typer.Option(envvar="RECONCILER_PUBLISH_ROOT",
                                                          help="Where published trees go (default ROOT/public)")] = None,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                          help="Print the version and exit")] = False,
 ) -> None:
     STATE.root = root
     STATE.publish_root = publish_root
@@ -94,11 +105,19 @@ def validate(files: FilesOpt) -> None:
 
 
 @app.command()
-def schema() -> None:
+def schema(markdown: Annotated[bool, typer.Option("--markdown", help="Print the spec reference "
+                                                                     "(docs/specs.md) instead")] = False) -> None:
     """Print the JSON Schema of a spec document (for yaml-language-server).
 
     Example: reconciler schema > reconciler.schema.json
+
+    Example: reconciler schema --markdown > docs/specs.md
     """
+    if markdown:
+        from reconciler.docgen import markdown as reference
+
+        typer.echo(reference(), nl=False)
+        return
     from reconciler.spec import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
@@ -122,20 +141,16 @@ def _list(kind: str, as_json: bool) -> None:
         return
     if not items:
         typer.echo(f"no {attr}")
-    for item in items:
-        typer.echo(_summary(kind, item))
+        return
+    header, rows = views.table(kind, items)
+    typer.echo(_table(header, rows))
 
 
-def _summary(kind: str, item: dict) -> str:
-    if kind == "mirror":
-        return (f"{item['name']}  {item['url']} {item['distribution']} [{','.join(item['components'])}] "
-                f"[{','.join(item['architectures'])}]  {item['numPackages']} packages  {item['status']}  "
-                f"updated {item['lastUpdate'] or 'never'}")
-    if kind == "snapshot":
-        source = item["mirror"] and f"mirror {item['mirror']}" or f"merge of {', '.join(item['snapshots'])}"
-        return f"{item['name']}  {item['numPackages']} packages  from {source}  {item['digest'][:12]}  {item['createdAt']}"
-    comps = ", ".join(f"{c}={s}" for c, s in item["components"].items())
-    return f"{item['name']}  {item['prefix']}/{item['distribution']}  {comps}  {item['numPackages']} packages"
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns aligned to their widest cell, two spaces apart; the last column is not padded."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
 
 
 @list_app.command("mirrors")
@@ -157,7 +172,8 @@ def list_publishes(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def show(kind: Kind, name: str, as_json: JsonOpt = False) -> None:
+def show(kind: Annotated[Kind, typer.Argument(metavar="KIND", help="mirror, snapshot or publish")],
+         name: Annotated[str, typer.Argument(metavar="NAME")], as_json: JsonOpt = False) -> None:
     """Show one object; exit 1 when unknown.
 
     Example: reconciler show mirror bookworm-main --json
@@ -177,13 +193,52 @@ def show(kind: Kind, name: str, as_json: JsonOpt = False) -> None:
         typer.echo(json.dumps(item, indent=2))
     else:
         for key, value in item.items():
-            typer.echo(f"{key}: {value}")
+            typer.echo(f"{key}: {views.text(value)}")
+
+
+@app.command()
+def packages(
+    text: Annotated[Optional[str], typer.Argument(metavar="[QUERY]", help="aptly package query, e.g. "
+                                                                         "'Name (% lib*)'; all without one")]
+    = None,
+    where: Annotated[Optional[str], typer.Option("--in", metavar="KIND/NAME",
+                                                 help="mirror/NAME, snapshot/NAME or publish/NAME; default: "
+                                                      "every mirror and snapshot")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List or search packages: one object's list with --in, else every stored list.
+
+    Example: reconciler packages --in snapshot/stable-2026-11-25 'Priority (required)'
+
+    Example: reconciler packages 'hello (>= 2.10)' --json
+    """
+    try:
+        found = views.packages(_context(read_only=True).store(), text, where)
+    except ReconcilerError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    rows = found["packages"]
+    if not rows:
+        typer.echo("no packages match" if text else "no packages")
+        return
+    header = ["NAME", "VERSION", "ARCH", "TYPE"]
+    cells = [[r["name"], r["version"], r["arch"], r["type"]] for r in rows]
+    if where is None or where.startswith("publish/"):
+        header.append("IN" if where is None else "COMPONENT")
+        for cell, r in zip(cells, rows):
+            cell.append(r["in"] if where is None else r["component"])
+    typer.echo(_table(header, cells))
+    typer.echo(f"{found['total']} package(s)", err=True)
 
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Drop objects in use; accept removals beyond the gate and "
                                                            "upstream replays")]
-OwnerOpt = Annotated[str, typer.Option("--owner", help="Which spec set this is: only its own objects are pruned")]
-ReplaceOpt = Annotated[list[str], typer.Option("--replace", help="Drop and recreate this existing snapshot (repeatable)")]
+OwnerOpt = Annotated[str, typer.Option("--owner", metavar="NAME",
+                                       help="Which spec set this is: only its own objects are pruned")]
+ReplaceOpt = Annotated[list[str], typer.Option("--replace", metavar="SNAPSHOT",
+                                               help="Drop and recreate this existing snapshot (repeatable)")]
 TakeOverOpt = Annotated[bool, typer.Option("--take-over", help="Make these specs the source of --owner, and take "
                                                                "over declared objects other owners hold")]
 
@@ -212,13 +267,18 @@ def _options(owner: str, force: bool, replace: list[str], files: list[Path], tak
 
 
 def _package_lines(change) -> list[str]:
-    lines = []
-    if change.kind != "Publish":
+    """The packages a change adds, changes, removes: per component for a publish, one list for a mirror."""
+    packages = change.detail.get("packages", {})
+    if change.kind == "Mirror":
+        packages = {"": packages} if packages else {}
+    elif change.kind != "Publish":
         return []
-    for comp, diff in change.detail.get("packages", {}).items():
-        lines += [f"      {comp}: + {ref}" for ref in diff["added"]]
-        lines += [f"      {comp}: ~ {old} -> {new}" for old, new in diff["changed"]]
-        lines += [f"      {comp}: - {ref}" for ref in diff["removed"]]
+    lines = []
+    for comp, diff in packages.items():
+        where = f"{comp}: " if comp else ""
+        lines += [f"      {where}+ {ref}" for ref in diff["added"]]
+        lines += [f"      {where}~ {old} -> {new}" for old, new in diff["changed"]]
+        lines += [f"      {where}- {ref}" for ref in diff["removed"]]
     return lines
 
 
@@ -247,8 +307,9 @@ def plan(files: FilesOpt, as_json: JsonOpt = False,
                                                          help="Exit 2 when anything would change")] = False,
          owner: OwnerOpt = "default", force: ForceOpt = False, replace: ReplaceOpt = [],
          take_over: TakeOverOpt = False,
-         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the packages each publish "
-                                                                          "change adds, changes, removes")] = False
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the packages each mirror and "
+                                                                          "publish change adds, changes, removes")]
+         = False
          ) -> None:
     """Show what apply would do, per object, with package counts. Downloads no package file.
 
@@ -256,6 +317,9 @@ def plan(files: FilesOpt, as_json: JsonOpt = False,
     """
     from reconciler.reconcile import make_plan
 
+    if as_json and fmt not in (Format.text, Format.json):
+        raise typer.BadParameter(f"--json and --format {fmt.value} contradict each other; give one",
+                                 param_hint="--json/--format")
     try:
         specs = _load(files)
         the_plan = make_plan(_context(read_only=True), specs, _options(owner, force, replace, files, take_over))
@@ -332,7 +396,9 @@ def verify(deep: Annotated[bool, typer.Option("--deep", help="Also re-hash every
 
 
 @app.command()
-def diff(kind: Annotated[str, typer.Argument(help="snapshot")], a: str, b: str, as_json: JsonOpt = False) -> None:
+def diff(kind: Annotated[str, typer.Argument(metavar="KIND", help="snapshot")],
+         a: Annotated[str, typer.Argument(metavar="A", help="The older snapshot")],
+         b: Annotated[str, typer.Argument(metavar="B", help="The newer snapshot")], as_json: JsonOpt = False) -> None:
     """List packages added, removed and changed between two snapshots.
 
     Example: reconciler diff snapshot stable-2026-11-24 stable-2026-11-25
@@ -396,19 +462,40 @@ def _git_source(url: str, ref: str, path: str, *, username_file: Optional[Path],
 PathOpt = Optional[Path]
 
 
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = Annotated[LogFormat, typer.Option("--log-format", help="text for a terminal; json: one object a "
+                                                                     "line (time, level, message, kind, name, op, "
+                                                                     "seconds) for a log collector")]
+
+
+def _logging(fmt: LogFormat) -> None:
+    from reconciler import logfmt
+
+    logfmt.setup(fmt.value)
+
+
 @app.command()
 def serve(
     specs: Annotated[PathOpt, typer.Option("--specs", help="Spec directory (e.g. a mounted ConfigMap)")] = None,
-    git: Annotated[Optional[str], typer.Option("--git", help="Git repository URL holding the specs")] = None,
-    ref: Annotated[str, typer.Option("--ref", help="Branch, tag or commit to follow")] = "main",
-    path: Annotated[str, typer.Option("--path", help="Directory of the specs inside the repository")] = ".",
-    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT or [IPV6]:PORT of the API")] = "127.0.0.1:8080",
-    interval: Annotated[str, typer.Option("--interval", help="Reconcile this often (±10%): 30s, 10m, 1h")] = "10m",
+    git: Annotated[Optional[str], typer.Option("--git", metavar="URL",
+                                               help="Git repository URL holding the specs")] = None,
+    ref: Annotated[str, typer.Option("--ref", metavar="REF", help="Branch, tag or commit to follow")] = "main",
+    path: Annotated[str, typer.Option("--path", metavar="DIR",
+                                      help="Directory of the specs inside the repository")] = ".",
+    listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
+                                        help="HOST:PORT or [IPV6]:PORT of the API")] = "127.0.0.1:8080",
+    interval: Annotated[str, typer.Option("--interval", metavar="DURATION",
+                                          help="Reconcile this often (±10%): 30s, 10m, 1h")] = "10m",
     token_file: Annotated[PathOpt, typer.Option("--token-file", help="Bearer token mutating calls need")] = None,
     serve_public: Annotated[bool, typer.Option("--serve-public", help="Serve the publish root at /public/")] = False,
     suspend: Annotated[bool, typer.Option("--suspend", help="Reconcile only on POST /api/reconcile")] = False,
     owner: OwnerOpt = "default",
-    grace: Annotated[str, typer.Option("--grace-period", help="Time a running task gets after SIGTERM")] = "30s",
+    grace: Annotated[str, typer.Option("--grace-period", metavar="DURATION",
+                                       help="Time a running task gets after SIGTERM")] = "30s",
     git_username_file: Annotated[PathOpt, typer.Option("--git-username-file", help="HTTPS basic auth user")] = None,
     git_password_file: Annotated[PathOpt, typer.Option("--git-password-file", help="HTTPS basic password")] = None,
     git_token_file: Annotated[PathOpt, typer.Option("--git-token-file", help="HTTPS bearer token")] = None,
@@ -417,6 +504,7 @@ def serve(
                                                                           "trusted key")] = False,
     trusted_keys_file: Annotated[PathOpt, typer.Option("--trusted-keys-file", help="OpenPGP public keys that "
                                                                                     "must sign commits")] = None,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Reconcile continuously and serve the HTTP API (/api, /healthz, /readyz, /metrics, /openapi.json).
 
@@ -444,6 +532,7 @@ def serve(
         source = _git_source(git, ref, path, username_file=git_username_file, password_file=git_password_file,
                              token_file=git_token_file, ssh_key_file=git_ssh_key_file,
                              verify_commits=verify_commits, trusted_keys_file=trusted_keys_file)
+    _logging(log_format)
     options = server.Options(listen=listen, interval=_duration(interval, "--interval"), owner=owner,
                              suspend=suspend, token_file=token_file, serve_public=serve_public,
                              grace=_duration(grace, "--grace-period"))
@@ -455,15 +544,25 @@ def serve(
 
 
 @app.command()
-def watch(files: FilesOpt, owner: OwnerOpt = "default") -> None:
+def watch(files: FilesOpt, owner: OwnerOpt = "default", log_format: LogFormatOpt = LogFormat.text) -> None:
     """Validate, plan and apply whenever the spec files change; an invalid edit applies nothing.
 
-    Example: reconciler watch -f examples/repos
+    Example: reconciler watch -f examples/repos --log-format json
     """
+    import logging
+
     from reconciler import watch as watcher
 
+    echo = typer.echo
+    if log_format is LogFormat.json:  # each line of output one JSON record on stderr
+        _logging(log_format)
+        log = logging.getLogger("reconciler.watch")
+
+        def echo(text: str) -> None:
+            for line in str(text).splitlines():
+                (log.warning if line.startswith(("WARNING", "FAILED", "error")) else log.info)("%s", line)
     try:
-        code = watcher.run(_context(), files, owner=owner, echo=typer.echo)
+        code = watcher.run(_context(), files, owner=owner, echo=echo)
     except ReconcilerError as exc:
         _fail(exc)
     raise typer.Exit(code)

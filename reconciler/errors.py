@@ -47,6 +47,12 @@ class NotFound(ReconcilerError):
     http_status = 404
 
 
+class BadRequest(ReconcilerError):
+    """A request that cannot mean anything (`--in thing/x`): say what is accepted."""
+
+    http_status = 400
+
+
 class InUse(ReconcilerError):
     """Refused because other objects use this one; names the users."""
 

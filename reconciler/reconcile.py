@@ -36,7 +36,8 @@ def observe(store: Store, publish_root: Path | None = None) -> planner.Observed:
 
 
 def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
-          upcoming: dict[str, list] | None = None) -> dict[str, planner.Probe]:
+          upcoming: dict[str, list] | None = None,
+          diffs: dict[str, dict] | None = None) -> dict[str, planner.Probe]:
     """Read each mirror's upstream (Release, and indexes when it changed); download no package.
 
     Each mirror is read with its own network settings and limits, through the same
@@ -45,7 +46,9 @@ def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
 
     `upcoming` receives, for each changed mirror that a declared snapshot is taken
     from, the package list its update would store: plan previews of those snapshots
-    show what they will hold, not what the mirror holds now."""
+    show what they will hold, not what the mirror holds now. `diffs` receives, for
+    each changed mirror, the packages its update adds, changes and removes (only the
+    refs are kept: a list of every mirror's packages could be gigabytes)."""
     store = ctx.store()
     wanted_by = {d.spec.mirror for d in specs.snapshots.values() if d.spec.mirror}
     out = {}
@@ -57,8 +60,12 @@ def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
         except ReconcilerError as exc:
             out[name] = planner.Probe(changed=True, error=str(exc))
             continue
-        if upcoming is not None and packages is not None and name in wanted_by:
+        if packages is None:
+            continue
+        if upcoming is not None and name in wanted_by:
             upcoming[name] = packages
+        if diffs is not None:
+            diffs[name] = planner.package_diff(_stored_list(store, row), packages)
     return out
 
 
@@ -83,13 +90,14 @@ def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> tuple[planner.P
 def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, with_probe: bool = True) -> planner.Plan:
     observed = observe(ctx.store(), ctx.publish_root if with_probe else None)
     upcoming: dict[str, list] = {}
+    diffs: dict[str, dict] = {}
     if with_probe:
-        observed.probes = probe(ctx, specs, observed, upcoming)
+        observed.probes = probe(ctx, specs, observed, upcoming, diffs)
         observed.pool = repair.pool_damage(ctx.store(), ctx.pool, set(specs.mirrors))
         observed.problems = unusable_files(specs)
     the_plan = planner.plan(specs, observed, options)
     if with_probe:
-        describe(ctx.store(), specs, the_plan, upcoming)
+        describe(ctx.store(), specs, the_plan, upcoming, diffs)
     return the_plan
 
 
@@ -133,18 +141,38 @@ def _preview_new(store: Store, specs: Specs, name: str, upcoming: dict[str, list
     return upstream.select_stored(packages, doc.spec.filter, doc.spec.filterWithDeps)
 
 
-def describe(store: Store, specs: Specs, the_plan: planner.Plan, upcoming: dict[str, list] | None = None) -> None:
-    """Add package counts to snapshot creates and a per-component package diff to publish changes."""
-    upcoming = upcoming or {}
+def _stored_list(store: Store, row) -> list:
+    return [p for _id, p in store.packages.load(store.lists.ids(row.list_digest))] if row is not None else []
+
+
+def _empty_filter(kind: str, name: str, spec) -> str:
+    return (f"; WARNING: {kind}/{name}: filter {spec.filter!r} matches no package; check its spelling "
+            f"(`reconciler packages QUERY` tries a query)")
+
+
+def describe(store: Store, specs: Specs, the_plan: planner.Plan, upcoming: dict[str, list] | None = None,
+             diffs: dict[str, dict] | None = None) -> None:
+    """Add package counts to snapshot creates, the package diff (`diffs`) to mirror
+    changes, a per-component package diff to publish changes, and a warning to a
+    filter that selects nothing."""
+    upcoming, diffs = upcoming or {}, diffs or {}
     for change in the_plan.changes:
+        if change.kind == "Mirror" and change.op in ("create", "edit", "update") and change.name in diffs:
+            doc = specs.mirrors[change.name]
+            change.detail["packages"] = diffs[change.name]
+            if doc.spec.filter and not change.detail.get("numPackages"):
+                change.reason += _empty_filter("mirror", change.name, doc.spec)
+            continue
         if change.kind == "Snapshot" and change.op in ("create", "replace"):
             name = change.detail.get("series") or change.name
             preview = _preview_new(store, specs, name, upcoming)
             if preview is not None:
-                mirror = specs.snapshots[name].spec.mirror
-                source = "after the mirror's update" if mirror in upcoming else "from the current mirror list"
+                spec = specs.snapshots[name].spec
+                source = "after the mirror's update" if spec.mirror in upcoming else "from the current mirror list"
                 change.detail["numPackages"] = len(preview)
                 change.reason += f": {len(preview)} packages ({source})"
+                if spec.filter and not preview:
+                    change.reason += _empty_filter("snapshot", name, spec)
             continue
         if change.kind != "Publish" or change.op not in ("create", "switch"):
             continue

@@ -313,7 +313,7 @@ class _Progress:
     def __call__(self, text: str) -> None:
         now_ = time.monotonic()
         seconds, self.mark = now_ - self.mark, now_
-        log.info("%s", text)
+        log.info("%s", text, extra={"seconds": round(seconds, 3)})
         found = [m for m in map(_OBJECT.match, text.splitlines()) if m]
         if found:
             kind, name = found[-1].group(1).capitalize(), found[-1].group(2)

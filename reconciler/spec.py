@@ -34,9 +34,12 @@ class Strict(BaseModel):
 
 
 class Metadata(Strict):
-    name: Name
-    renamedFrom: Name | None = None
-    protect: bool = False
+    name: Name = Field(description="Lower case letters, digits, '.', '_', '-'; unique per kind")
+    renamedFrom: Name | None = Field(
+        None, description="The object's previous name: the stored mirror or snapshot is renamed in place "
+                          "(its list and pool files kept) instead of dropped and created again")
+    protect: bool = Field(False, description="Refuse to drop the object when it is no longer declared, even "
+                                             "with --force (apply it with protect: false first)")
 
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
@@ -149,19 +152,27 @@ class MirrorSpec(Strict):
     distribution: str = Field(description="Suite or codename; ending in '/' means a flat repository")
     components: list[str] | None = Field(None, description="Default: all in the Release file")
     architectures: list[str] | None = Field(None, description="Default: all in the Release file")
-    filter: str | None = Field(None, description="aptly package query")
+    filter: str | None = Field(None, description="aptly package query, e.g. 'hello | Priority (required)'; "
+                                                 "only matching packages are mirrored")
     filterWithDeps: bool | Literal["minimal"] = Field(
         False, description="Also take what filtered packages depend on: true follows aptly's rule (every "
                            "alternative of an OR-group nothing satisfies), minimal takes one alternative")
-    withSources: bool = False
-    withUdebs: bool = False
-    keyrings: list[str] = Field(default_factory=list, description="Relative to the spec file")
-    verifySignature: bool = True
-    maxRemovalPercent: float = Field(20, ge=0, le=100)
-    downloadConcurrency: int = Field(4, ge=1, le=64)
+    withSources: bool = Field(False, description="Also mirror source packages (Sources indexes, .dsc and "
+                                                 "their files)")
+    withUdebs: bool = Field(False, description="Also mirror installer packages (debian-installer/binary-ARCH)")
+    keyrings: list[str] = Field(default_factory=list, description="OpenPGP public keys (armored or binary) "
+                                                                  "the Release must be signed by; relative to "
+                                                                  "the spec file")
+    verifySignature: bool = Field(True, description="false mirrors an unsigned upstream without checking "
+                                                    "anything (a warning on every update); keyrings is then "
+                                                    "not needed")
+    maxRemovalPercent: float = Field(20, ge=0, le=100, description="Refuse an update that removes more than "
+                                                                   "this share of the packages (--force "
+                                                                   "accepts it)")
+    downloadConcurrency: int = Field(4, ge=1, le=64, description="Package files downloaded at once")
     checkValidUntil: bool = Field(True, description="Refuse an upstream Release past its Valid-Until, as apt does")
-    network: Network = Field(default_factory=Network)
-    limits: Limits = Field(default_factory=Limits)
+    network: Network = Field(default_factory=Network, description="Timeouts and retries of upstream requests")
+    limits: Limits = Field(default_factory=Limits, description="Size bounds on what the upstream may send")
 
     @field_validator("url")
     @classmethod
@@ -196,14 +207,18 @@ class Series(Strict):
 
 
 class SnapshotSpec(Strict):
-    mirror: Name | None = None
-    snapshots: list[Name] | None = None
-    filter: str | None = None
+    mirror: Name | None = Field(None, description="Take the mirror's current list (one of mirror, snapshots)")
+    snapshots: list[Name] | None = Field(
+        None, description="Merge these snapshots; a later one replaces what earlier ones hold for the same "
+                          "package name and architecture (one of mirror, snapshots)")
+    filter: str | None = Field(None, description="aptly package query: keep only the matching packages")
     filterWithDeps: bool | Literal["minimal"] = Field(
         False, description="Also take what filtered packages depend on: true follows aptly's rule (every "
                            "alternative of an OR-group nothing satisfies), minimal takes one alternative")
     latest: bool = Field(False, description="On merge keep the highest version instead of the later source")
-    series: Series | None = None
+    series: Series | None = Field(
+        None, description="Take a new snapshot NAME-YYYYMMDD (NAME-YYYYMMDDHHMM when more often than daily) "
+                          "every `every`, keep the newest `keep`; publish it as NAME@latest. Needs mirror")
 
     @model_validator(mode="after")
     def _one_source(self) -> SnapshotSpec:
@@ -217,10 +232,14 @@ class SnapshotSpec(Strict):
 
 
 class Signing(Strict):
-    keyFile: str | None = None
-    key: str | None = None
-    skip: bool = False
-    passphraseFile: str | None = None
+    """How Release is signed (InRelease and Release.gpg): exactly one of keyFile, key, skip."""
+
+    keyFile: str | None = Field(None, description="Armored secret key file (e.g. a mounted Secret), imported "
+                                                  "into ROOT/gnupg; relative to the spec file")
+    key: str | None = Field(None, description="Key id or fingerprint of a secret key in the default gpg home")
+    skip: bool = Field(False, description="Publish unsigned (clients need [trusted=yes])")
+    passphraseFile: str | None = Field(None, description="File holding the key's passphrase; relative to the "
+                                                         "spec file")
 
     @model_validator(mode="after")
     def _one_way(self) -> Signing:
@@ -244,8 +263,8 @@ class Compression(Strict):
     """Levels of the compressed index forms (Packages.gz, Packages.xz); null leaves a form
     out. The plain form is always written."""
 
-    gz: int | None = Field(3, ge=1, le=9)
-    xz: int | None = Field(0, ge=0, le=9)
+    gz: int | None = Field(3, ge=1, le=9, description="gzip level of Packages.gz (null: no .gz form)")
+    xz: int | None = Field(0, ge=0, le=9, description="xz preset of Packages.xz (null: no .xz form)")
 
     def levels(self) -> dict[str, int]:
         """{".gz": level, ".xz": level} for the forms to write."""
@@ -253,21 +272,25 @@ class Compression(Strict):
 
 
 class PublishSpec(Strict):
-    prefix: str = "."
-    distribution: str
-    components: dict[str, str] = Field(description="component -> snapshot name (or SERIES@latest)")
-    architectures: list[str] | None = None
-    origin: str | None = None
-    label: str | None = None
-    suite: str | None = None
-    codename: str | None = None
-    description: str | None = None
+    prefix: str = Field(".", description="Directory under the publish root ('.' is the root itself); the "
+                                         "tree is PREFIX/dists/DISTRIBUTION and PREFIX/pool")
+    distribution: str = Field(description="dists/ directory name (the codename clients put in sources.list)")
+    components: dict[str, str] = Field(
+        description="component -> snapshot name, or SERIES@latest for the newest member of a snapshot series")
+    architectures: list[str] | None = Field(None, description="Default: every architecture the snapshots "
+                                                              "hold")
+    origin: str | None = Field(None, description="Release Origin field")
+    label: str | None = Field(None, description="Release Label field")
+    suite: str | None = Field(None, description="Release Suite field (default: the distribution)")
+    codename: str | None = Field(None, description="Release Codename field (default: the distribution)")
+    description: str | None = Field(None, description="Release Description field")
     validFor: str | None = Field(None, description="Valid-Until = Date + this duration, e.g. 7d")
     renewBefore: str | None = Field(None, description="Re-sign when less than this is left before Valid-Until "
                                                       "(default: half of validFor)")
-    signing: Signing
-    acquireByHash: bool = True
-    compression: Compression = Field(default_factory=Compression)
+    signing: Signing = Field(description="How Release is signed")
+    acquireByHash: bool = Field(True, description="Also write indexes under by-hash/SHA256/ and say so in "
+                                                  "Release (clients never see a half-switched tree)")
+    compression: Compression = Field(default_factory=Compression, description="Compressed index forms")
 
     @field_validator("prefix")
     @classmethod

@@ -278,7 +278,10 @@ def read_packages(fetcher: Fetcher, release: Release, spec: MirrorSpec, *, cache
         for pkg in iter_packages(path, ref, bounds):
             seen.setdefault(pkg.key, pkg)
     if missing:
-        raise PermanentError("the Release lists none of these indexes: " + ", ".join(missing))
+        raise PermanentError("the Release lists none of these indexes: " + ", ".join(missing)
+                             + f"; its components are {', '.join(release.info.components) or '(none)'}, its "
+                             f"architectures {', '.join(release.info.architectures) or '(none)'}: check "
+                             "spec.components and spec.architectures")
     try:
         return select(list(seen.values()), spec.filter, spec.filterWithDeps, architectures(release, spec))
     except (ValueError, LookupError) as exc:  # a version or relation no comparison can read

@@ -120,6 +120,9 @@ def test_lists_carry_the_real_package_counts(served, upstream):
     assert served.get("/api/mirrors/up").json() == mirrors[0]
     assert served.get("/api/snapshots/snap").json() == snapshots[0]
     assert served.get("/api/publish/debian/stable").json() == publishes[0]
+    # /api/publishes is the canonical name; /api/publish stays as its alias
+    assert served.get("/api/publishes").json() == publishes
+    assert served.get("/api/publishes/debian/stable").json() == publishes[0]
 
 
 @pytest.mark.parametrize("path", ["/api/mirrors/nope", "/api/snapshots/nope", "/api/publish/debian/nope",
@@ -146,7 +149,7 @@ def test_tasks_status_openapi_and_metrics(served, upstream):
 
     paths = set(served.get("/openapi.json").json()["paths"])
     assert paths >= {"/api/mirrors", "/api/mirrors/{name}", "/api/mirrors/{name}/update", "/api/snapshots",
-                     "/api/snapshots/{name}", "/api/publish", "/api/tasks", "/api/tasks/{task_id}",
+                     "/api/snapshots/{name}", "/api/publishes", "/api/tasks", "/api/tasks/{task_id}",
                      "/api/reconcile", "/api/status", "/healthz", "/readyz", "/metrics"}
 
     text = served.get("/metrics").text

@@ -198,7 +198,7 @@ def test_probes_and_reads_answer_while_task_requests_queue_behind_a_reconcile(tm
         refused = [f.result() for f in updates if f.done()]
         assert len(refused) == clients - api.MAX_TASK_REQUESTS, [a.text for a in refused]
         assert [a.status_code for a in refused] == [429] * len(refused), [a.text for a in refused]
-        assert "retry later" in refused[0].json()["detail"]
+        assert "retry later" in refused[0].json()["message"]
         archive.reset()  # let the reconcile finish; the queued updates then run, one at a time
         codes = [f.result().status_code for f in updates]
     assert sorted(codes) == [200] * api.MAX_TASK_REQUESTS + [429] * (clients - api.MAX_TASK_REQUESTS), codes

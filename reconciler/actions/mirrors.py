@@ -140,6 +140,9 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
         return SyncResult(name, "up-to-date", packages=row.num_packages, warnings=warnings)
     _check_replay(row, release, force)
     packages = upstream.read_packages(fetcher, release, spec, cache=task.ctx.local("cache") / "indexes")
+    if spec.filter and not packages:
+        warnings.append(f"mirror/{name}: filter {spec.filter!r} matches no package; the mirror is empty. "
+                        "Check its spelling (`reconciler packages QUERY` tries a query)")
     with task.transaction() as store:
         new_ids = store.packages.add(packages)
     old_ids = task.store.lists.ids(row.list_digest) if row else []

@@ -61,6 +61,9 @@ def create(ctx: tasks.Context, doc: SnapshotDoc, *, owner: str = "default", name
                 tx.lists.prune()
         verb = "created" if existing is None else "replaced"
         message = f"snapshot/{name}: {verb}, {len(set(ids))} packages, digest {digest[:12]}"
+        if spec.filter and not ids:
+            message = (f"WARNING: snapshot/{name}: filter {spec.filter!r} matches no package; the snapshot is "
+                       "empty. Check its spelling (`reconciler packages QUERY` tries a query)\n" + message)
         task.log(message)
         return message
 
