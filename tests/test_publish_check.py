@@ -14,8 +14,22 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from reconciler import tree, treeverify
 from tests.support.cli import reconciler
 from tests.test_publish_e2e import Setup, setup  # noqa: F401  (the fixture)
+from tests.test_tree import (  # noqa: F401  (fixtures)
+    DIST,
+    PREFIX,
+    keyring,
+    packages,
+    pool,
+    request,
+    signer,
+    upstream,
+    without,
+)
 
 
 def served(root: Path) -> dict[str, str]:
@@ -53,3 +67,28 @@ def test_a_failing_check_leaves_the_previous_tree_served_and_the_database_unchan
     assert "not switched, the staged tree does not verify" in out.stdout
     assert "hello_2.10-2_amd64.deb: size 1080, expected 12345" in out.stdout
     assert reconciler(setup.root, "verify").returncode == 0
+
+
+# --- the staged check at the tree level ----------------------------------------------
+
+
+def test_the_staged_generation_is_checked_before_anything_switches(tmp_path, pool, packages, signer,  # noqa: F811
+                                                                   keyring):  # noqa: F811
+    tree.publish_tree(request(tmp_path, packages), pool, signer)
+    dists = tmp_path / PREFIX / "dists" / DIST
+    before = {p.relative_to(dists): p.read_bytes() for p in dists.rglob("*") if p.is_file()}
+    seen = []
+
+    def refuse(stage):
+        seen.append(treeverify.verify_staged(tmp_path, PREFIX, DIST, stage, keyring=keyring))
+        (stage / "main/binary-amd64/Packages").write_bytes(b"damaged\n")  # what a client would meet
+        seen.append(treeverify.verify_staged(tmp_path, PREFIX, DIST, stage, keyring=keyring))
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        tree.publish_tree(request(tmp_path, without(packages, "hello")), pool, signer, check=refuse)
+    assert seen[0] == []  # the sound staged generation verifies: its by-hash copies and pool links are in place
+    assert any("main/binary-amd64/Packages: size" in p and "(staged)" in p for p in seen[1]), seen[1]
+    after = {p.relative_to(dists): p.read_bytes() for p in dists.rglob("*") if p.is_file()}
+    assert after == before  # no by-hash copy of the refused generation is left, nothing switched
+    assert treeverify.verify_tree(tmp_path, PREFIX, DIST, keyring=keyring) == []
