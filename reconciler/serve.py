@@ -56,6 +56,9 @@ BACKOFF_START = 5.0  # seconds before the first retry; doubles per failure, capp
 DIR_POLL = 2.0  # a spec directory is re-hashed this often (a few small files)
 GIT_POLL = 60.0  # a git ref is checked at most this often (one request)
 _OBJECT = re.compile(r"^(?:FAILED )?(mirror|snapshot|publish)/([^:\s]+)")
+# How an action's result line says it found nothing to do (actions/*: "up to date",
+# a drop of what is gone, a create of what exists, an adopt of what is owned already).
+_UNCHANGED = re.compile(r"^(?:mirror|snapshot|publish)/[^:\s]+: (?:up to date|already gone|exists \(|already owned by)")
 
 
 class Source(Protocol):
@@ -296,8 +299,16 @@ class Controller:
                                                       f"failed: " + "; ".join(report.failures))
         with self._lock:
             self._status.applied(revision)
-        changed = sum(1 for c in the_plan.changes if c.changes_anything)
-        return _Outcome(True, "ReconciliationSucceeded", f"applied revision {revision} ({changed} change(s))")
+        changed = changes_made(report.lines)
+        what = f"{len(changed)} change(s)" if changed else "no change"
+        return _Outcome(True, "ReconciliationSucceeded", f"applied revision {revision} ({what})")
+
+
+def changes_made(lines: list[str]) -> list[str]:
+    """The lines of a report whose action changed something. The plan serve applies is made
+    without probes, so every mirror in it reads "check upstream": what changed is only
+    known from what each action says it did (its last line; warnings come first)."""
+    return [line for line in lines if not _UNCHANGED.match(line.splitlines()[-1] if line else "")]
 
 
 class _Progress:
@@ -371,7 +382,8 @@ class _Status:
         return self.objects.get((kind, name), {}).get("op", "unknown")
 
     def reported(self, report, lines: dict[tuple[str, str], str]) -> None:
-        self.report = {"lines": list(report.lines), "failures": list(report.failures)}
+        self.report = {"lines": list(report.lines), "failures": list(report.failures),
+                       "changed": changes_made(report.lines)}
         failed = {}
         for failure in report.failures:
             match = _OBJECT.match(failure)

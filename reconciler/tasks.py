@@ -231,6 +231,7 @@ def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *
         cur = db.execute("INSERT INTO tasks (name, resources, state, pid, host, created_at) VALUES (?, ?, 'queued', ?, ?, ?)",
                          (name, json.dumps(keys), os.getpid(), locks.process_identity(), now()))
         task = Task(cur.lastrowid, name, ctx, Store(db))
+        task.store.prune_tasks()
         shared = [locks.POOL] if pool else []
         with ctx.locks.hold(keys, timeout=ctx.lock_timeout, description=f"task {task.id} ({name})", shared=shared,
                             db=db, task_id=task.id):

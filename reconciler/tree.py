@@ -19,7 +19,8 @@ apt reads first:
 2. every index, complete, into a staging directory beside the tree, hashed while
    it is written; with Acquire-By-Hash each is also hard-linked to its
    `by-hash/SHA512/HEX` and `by-hash/SHA256/HEX` names, names no earlier
-   generation can hold other bytes under;
+   generation can hold other bytes under; then the caller's check of the staged
+   generation (treeverify.verify_staged), which refuses the switch if it fails;
 3. the plain-named indexes renamed into place (`os.replace`, atomic per file);
 4. Release.gpg, Release and, last, InRelease renamed into place.
 
@@ -185,12 +186,17 @@ def order_key(package: Package) -> tuple[str, str, str, str]:
 # Publishing
 
 
-def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None) -> TreeResult:
+def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None, *,
+                 check: Callable[[Path], None] | None = None) -> TreeResult:
     """Write (or switch) the tree for one prefix/distribution; see the module docstring.
 
     One pass over the packages: each is linked into the pool (by a child process, so
     the link and mkdir system calls run on another CPU while stanzas are formatted)
     and written to its indexes. Nothing is switched until every link is in place.
+    `check` is given the staging directory once the generation is complete (pool
+    links and by-hash copies in place, nothing switched yet); if it raises, nothing
+    is switched, the by-hash copies this publish added are removed again, and the
+    previous generation stays served as it was.
     """
     _check_request(req)
     root = prefix_dir(req.publish_root, req.prefix)
@@ -209,8 +215,14 @@ def publish_tree(req: TreeRequest, pool: LocalPackagePool, signer: Signer | None
             (stage / "InRelease").write_bytes(inrelease)
             (stage / "Release.gpg").write_bytes(detached)
         previous = _release_digests(target / "Release")
-        if req.acquire_by_hash:
-            _link_by_hash(stage, target, files)
+        added = _link_by_hash(stage, target, files) if req.acquire_by_hash else []
+        if check is not None:
+            try:
+                check(stage)
+            except BaseException:
+                for path in added:
+                    path.unlink(missing_ok=True)
+                raise
         _switch(stage, target, files)
     finally:
         linker.stop()
@@ -572,18 +584,22 @@ def _release_text(req: TreeRequest, files: list[IndexEntry]) -> str:
 # Switching and pruning
 
 
-def _link_by_hash(stage: Path, target: Path, files: list[IndexEntry]) -> None:
+def _link_by_hash(stage: Path, target: Path, files: list[IndexEntry]) -> list[Path]:
+    """Link each staged index under its by-hash names; return the names that are new."""
+    added = []
     for f in files:
         for dest in _by_hash_paths(target, f.path, f.digests):
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(stage / f.path, dest)
+                added.append(dest)
             except FileExistsError:
                 if dest.stat().st_size != f.size:  # a damaged leftover: replace it atomically
                     tmp = dest.with_name(f".tmp-{dest.name}")
                     tmp.unlink(missing_ok=True)
                     os.link(stage / f.path, tmp)
                     os.replace(tmp, dest)
+    return added
 
 
 def _by_hash_paths(target: Path, rel: str, digests: dict[str, str]) -> list[Path]:

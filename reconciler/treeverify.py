@@ -4,8 +4,11 @@
 (against the publish's public key), Release against InRelease, every index against
 its Release entry (size, SHA-256, and its by-hash copy when Acquire-By-Hash is on),
 and every package file against its index stanza. It returns problems instead of
-raising, so `reconciler verify` can report all the drift in one run, and it is run
-right after publishing as a self-check.
+raising, so `reconciler verify` can report all the drift in one run. `verify_staged`
+runs the same checks on a generation a publish has staged and not switched in yet:
+a publish checks itself before the switch, so a tree that would not verify is never
+served (and the database, which records a publish only after its switch, never
+disagrees with what is served).
 
 Package files are hashed streaming, and each inode once: a tree is mostly hard links
 (pool, `all` packages listed in every architecture, by-hash copies of indexes), and
@@ -61,20 +64,40 @@ def verify_tree(
     enough right after a publish that hard-linked them from the verified pool, where
     hashing a Debian-sized pool again would cost minutes.
     """
-    root = tree.prefix_dir(publish_root, prefix)
     target = tree.dist_dir(publish_root, prefix, distribution)
-    label = f"dists/{distribution}"
+    return _verify_dist(tree.prefix_dir(publish_root, prefix), target, target, keyring=keyring, deep=deep,
+                        label=f"dists/{distribution}")
+
+
+def verify_staged(publish_root: Path, prefix: str, distribution: str, stage: Path, *, keyring: Path | None,
+                  deep: bool = False) -> list[str]:
+    """Every problem of a generation staged in `stage` and not switched in yet: what a
+    client would find once it is.
+
+    Release, its signatures and the plain-named indexes are read from the staging
+    directory; the by-hash copies (already linked under the tree's own names, which
+    no earlier generation can hold other bytes under) and the package files (the
+    prefix's pool/, linked before anything switches) from the tree itself."""
+    target = tree.dist_dir(publish_root, prefix, distribution)
+    return _verify_dist(tree.prefix_dir(publish_root, prefix), stage, target, keyring=keyring, deep=deep,
+                        label=f"dists/{distribution} (staged)")
+
+
+def _verify_dist(root: Path, dist: Path, hashed: Path, *, keyring: Path | None, deep: bool,
+                 label: str) -> list[str]:
+    """Check the Release and indexes under `dist`, their by-hash copies under `hashed`,
+    and the package files under `root`."""
     try:
-        release = (target / "Release").read_bytes()
+        release = (dist / "Release").read_bytes()
     except FileNotFoundError:
         return [f"{label}/Release: missing"]
-    problems = _check_signatures(target, release, keyring, label)
+    problems = _check_signatures(dist, release, keyring, label)
     info = parse_release(release.decode("utf-8", "replace"))
     problems += _check_validity(info, label)
     hasher = _Hasher()
-    found, sound = _check_indexes(target, info, hasher, label)
+    found, sound = _check_indexes(dist, hashed, info, hasher, label)
     problems += found
-    problems += _check_packages(root, target, sound, hasher if deep else None, label)
+    problems += _check_packages(root, dist, sound, hasher if deep else None, label)
     return problems
 
 
@@ -175,8 +198,10 @@ def published(publish_root: Path, prefix: str, distribution: str) -> PublishedTr
 # Index files
 
 
-def _check_indexes(target: Path, info: ReleaseInfo, hasher: _Hasher, label: str) -> tuple[list[str], set[str]]:
-    """Problems with the files Release lists, and the set of those that match it."""
+def _check_indexes(target: Path, hashed: Path, info: ReleaseInfo, hasher: _Hasher,
+                   label: str) -> tuple[list[str], set[str]]:
+    """Problems with the files Release lists (under `target`, their by-hash copies under
+    `hashed`), and the set of those that match it."""
     problems, sound = [], set()
     for path, (size, digests) in sorted(info.files.items()):
         found = _check_file(target / path, f"{label}/{path}", size, digests.get("sha256"), hasher)
@@ -184,7 +209,7 @@ def _check_indexes(target: Path, info: ReleaseInfo, hasher: _Hasher, label: str)
         if not found:
             sound.add(path)
         if info.acquire_by_hash:
-            problems += _check_by_hash(target, path, size, digests, hasher, label)
+            problems += _check_by_hash(hashed, path, size, digests, hasher, label)
     return problems, sound
 
 

@@ -10,11 +10,20 @@ that no list names. A file it never recorded may belong to a state that was lost
 restored from an older backup, so it stays unless asked for (an update killed before
 its last batch was recorded leaves such files too; the next update of a mirror that
 wants them records them). A database that names no mirror and no snapshot beside a
-pool with files is refused outright.
+pool with files is refused outright. With the pool held exclusively no task is building
+a list, so gc also sweeps every package row no list holds (the per-update prune is
+incremental and leaves rows of an update killed before it stored its list).
+
+verify changes nothing (a damaged pool file it finds is quarantined by a task of its
+own); it reads under locks as a holder without a task row, so a publish switching or gc
+collecting meanwhile is waited for, not reported as drift.
 """
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from reconciler import locks, tasks, tree
@@ -29,6 +38,7 @@ class GcReport:
     files: int = 0
     bytes: int = 0
     lists: int = 0
+    packages: int = 0  # package rows no list held any more
     unrecorded: int = 0
     unrecorded_bytes: int = 0
     paths: list[str] = field(default_factory=list)
@@ -73,6 +83,8 @@ def gc(ctx: tasks.Context, *, dry_run: bool = False, include_unrecorded: bool = 
         if not dry_run:
             with task.transaction() as tx:
                 report.lists = tx.lists.prune()
+                # Holding the pool exclusively, no task is building a list it has not stored.
+                report.packages = tx.packages.prune_unlisted(tx.lists.held())
         db.execute("CREATE TEMP TABLE IF NOT EXISTS live (sha256 TEXT PRIMARY KEY) WITHOUT ROWID")
         db.execute("DELETE FROM live")
         for digest in _live_lists(db):
@@ -125,12 +137,43 @@ def verify(ctx: tasks.Context, *, deep: bool = False) -> list[str]:
     """Everything wrong with the root: database, pool files of every list, published trees.
 
     With `deep`, a pool file whose content no longer matches its SHA-256 is moved to
-    `pool/quarantine/` (kept as evidence) and forgotten, so the next apply re-fetches it."""
-    from reconciler import treeverify
-    from reconciler.actions.publish import signer_for, _keyring
-    from reconciler.spec import PublishDoc
+    `pool/quarantine/` (kept as evidence) and forgotten, so the next apply re-fetches it.
 
+    It reads under locks, so a publish switching or gc collecting while it runs is
+    waited for, never reported as drift: the pool key shared throughout (gc deletes
+    nothing meanwhile), and each publish's key while its tree is checked (a switch
+    renames files and then records the new row, both inside that lock)."""
     db = ctx.connect()
+    try:
+        with _reading(ctx, db, shared=[locks.POOL]):
+            problems = _verify_state(ctx, db, deep)
+            for (name,) in db.execute("SELECT name FROM publishes ORDER BY prefix, distribution").fetchall():
+                problems += _verify_publish(ctx, db, name, deep)
+    finally:
+        db.conn.close()
+    return problems
+
+
+@contextmanager
+def _reading(ctx: tasks.Context, db, keys: list[str] = (), *, shared: list[str] = ()) -> Iterator[None]:
+    """Hold `keys` (and `shared` shared) for a read-only check: a lock holder with no task
+    row. verify changes nothing (quarantine is a task of its own), and a task row per
+    tree checked would push the history of real changes out of the task table; the
+    `locks` row still names verify to whoever waits. A root without state has nothing
+    to wait for, and one this process cannot write (a read-only mount) is read unlocked."""
+    with ExitStack() as stack:
+        if ctx.has_state():
+            try:
+                stack.enter_context(ctx.locks.hold(keys, shared=shared, timeout=ctx.lock_timeout,
+                                                   description="verify (read-only)", db=db))
+            except OSError as exc:
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+        yield
+
+
+def _verify_state(ctx: tasks.Context, db, deep: bool) -> list[str]:
+    """The database itself, and the pool files of every list."""
     problems = [f"state.db: {p}" for p in statedb.integrity_problems(db)]
     store = Store(db)
     problems += [f"state.db: {p}" for p in store.problems()]
@@ -146,25 +189,47 @@ def verify(ctx: tasks.Context, *, deep: bool = False) -> list[str]:
                 where = _quarantine(ctx, sha)
                 moved = f": moved to {where}; the next apply re-fetches it from its mirror" if where else ""
                 problems.append(f"pool: {path} ({sha[:12]}) content does not match its SHA-256{moved}")
-    for row in store.publishes.list():
-        keyring = None
-        doc = PublishDoc.model_validate({"apiVersion": "reconciler/v1", "kind": "Publish",
-                                         "metadata": {"name": row.name}, "spec": row.spec})
-        try:
-            signer = signer_for(ctx, doc)
-            if signer:
-                with signer:
-                    keyring = _keyring(ctx, signer)
-        except ReconcilerError as exc:  # a missing key file must not hide the tree check
-            problems.append(f"publish/{row.name}: cannot load the signing key to check signatures: {exc}")
-        found = treeverify.verify_tree(ctx.publish_root, row.prefix, row.distribution, keyring=keyring, deep=deep)
-        problems += [f"publish/{row.name}: {p}" for p in found]
-        release = tree.dist_dir(ctx.publish_root, row.prefix, row.distribution) / "Release"
-        if release.exists() and row.release_sha256:
-            from reconciler.fetch import sha256_bytes
-            if sha256_bytes(release.read_bytes()) != row.release_sha256:
-                problems.append(f"publish/{row.name}: Release on disk differs from the one published (drift)")
-    db.conn.close()
     return problems
 
 
+def _verify_publish(ctx: tasks.Context, db, name: str, deep: bool) -> list[str]:
+    """One published tree against its row, both read inside the publish's lock (the row
+    read again there: the place it names may have moved while we waited)."""
+    store = Store(db)
+    for _ in range(3):
+        row = store.publishes.get(name)
+        if row is None:
+            return []  # dropped meanwhile
+        with _reading(ctx, db, [locks.publish(row.prefix, row.distribution)]):
+            fresh = store.publishes.get(name)
+            if fresh is None:
+                return []
+            if (fresh.prefix, fresh.distribution) == (row.prefix, row.distribution):
+                return _check_tree(ctx, fresh, deep)
+    return [f"publish/{name}: moved while verify waited for it, three times; run verify again"]
+
+
+def _check_tree(ctx: tasks.Context, row, deep: bool) -> list[str]:
+    from reconciler import treeverify
+    from reconciler.actions.publish import _keyring, signer_for
+    from reconciler.fetch import sha256_bytes
+    from reconciler.spec import PublishDoc
+
+    problems = []
+    keyring = None
+    doc = PublishDoc.model_validate({"apiVersion": "reconciler/v1", "kind": "Publish",
+                                     "metadata": {"name": row.name}, "spec": row.spec})
+    try:
+        signer = signer_for(ctx, doc)
+        if signer:
+            with signer:
+                keyring = _keyring(ctx, signer)
+    except ReconcilerError as exc:  # a missing key file must not hide the tree check
+        problems.append(f"publish/{row.name}: cannot load the signing key to check signatures: {exc}")
+    found = treeverify.verify_tree(ctx.publish_root, row.prefix, row.distribution, keyring=keyring, deep=deep)
+    problems += [f"publish/{row.name}: {p}" for p in found]
+    release = tree.dist_dir(ctx.publish_root, row.prefix, row.distribution) / "Release"
+    if release.exists() and row.release_sha256:
+        if sha256_bytes(release.read_bytes()) != row.release_sha256:
+            problems.append(f"publish/{row.name}: Release on disk differs from the one published (drift)")
+    return problems

@@ -106,6 +106,9 @@ def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: b
         except ReconcilerError as exc:
             _record_failure(task, name, owner, exc)
             raise
+        except BaseException:
+            _record_failure(task, name, owner, None)
+            raise
         finally:
             if progress:
                 progress.close()
@@ -145,6 +148,8 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
                         "Check its spelling (`reconciler packages QUERY` tries a query)")
     with task.transaction() as store:
         new_ids = store.packages.add(packages)
+        pending = store.lists.put(new_ids)
+        store.lists.hold(task.id, pending)  # no prune takes its packages while we download
     old_ids = task.store.lists.ids(row.list_digest) if row else []
     old_map, new_map = stored_identity_map(task.store, old_ids), identity_map(packages)
     added, changed, removed = diff_counts(old_map, new_map)
@@ -153,7 +158,8 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
     with task.transaction() as store:
         if store.mirrors.get(name) is None:
             store.mirrors.create(name, owner=owner, spec=wanted, protect=doc.metadata.protect)
-        digest = store.lists.put(new_ids)
+        store.lists.release(task.id)
+        digest = pending
         store.mirrors.update(
             name, spec=wanted, protect=int(doc.metadata.protect), list_digest=digest, status="ready",
             update_complete=1, release_sha256=release.sha256,
@@ -169,13 +175,16 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
     return result
 
 
-def _record_failure(task: tasks.Task, name: str, owner: str, exc: ReconcilerError) -> None:
+def _record_failure(task: tasks.Task, name: str, owner: str, exc: ReconcilerError | None) -> None:
     """A failed update keeps the previous list, and says so: status failed, the error kept
-    for list, show, the API and the next plan (a success clears both)."""
+    for list, show, the API and the next plan (a success clears both). The list it
+    stored and held goes, with the packages only it held: the database is as before."""
     try:
         with task.transaction() as store:
+            store.lists.release(task.id)
+            store.lists.prune()
             row = store.mirrors.get(name)
-            if row is not None and row.owner == owner:
+            if exc is not None and row is not None and row.owner == owner:
                 store.mirrors.update(name, status="failed", last_error=str(exc)[:4000])
     except (OSError, sqlite3.Error):  # a full disk: the original error is the one to report
         pass

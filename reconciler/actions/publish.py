@@ -200,18 +200,20 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
     new_pool = not (tree.prefix_dir(ctx.publish_root, spec.prefix) / "pool").exists()
     signer = signer_for(ctx, doc)
     try:
-        result = tree.publish_tree(request, ctx.pool, signer)
         keyring = _keyring(ctx, signer)
+
+        def check(stage: Path) -> None:
+            # Pool files are hard links of files verified on import: sizes suffice here.
+            problems = treeverify.verify_staged(ctx.publish_root, spec.prefix, spec.distribution, stage,
+                                                keyring=keyring, deep=False)
+            if problems:
+                raise PermanentError("not switched, the staged tree does not verify (the previous tree stays "
+                                     "published): " + "; ".join(problems[:5]))
+
+        result = tree.publish_tree(request, ctx.pool, signer, check=check)
     finally:
         if signer:
             signer.close()
-    from reconciler import treeverify
-
-    # Pool files are hard links of files verified on import: sizes suffice here.
-    problems = treeverify.verify_tree(ctx.publish_root, spec.prefix, spec.distribution, keyring=keyring,
-                                      deep=False)
-    if problems:
-        raise PermanentError(f"publish/{doc.metadata.name}: the written tree does not verify: " + "; ".join(problems[:5]))
     if current and (current.prefix, current.distribution) != (spec.prefix, spec.distribution):
         tree.remove_tree(ctx.publish_root, current.prefix, current.distribution)
         if current.prefix != spec.prefix:  # what it used there, unless others under that prefix use it too

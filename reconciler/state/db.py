@@ -163,6 +163,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX pool_files_recorded ON pool_files(recorded_ns);
     ALTER TABLE publishes ADD COLUMN linked_ns INTEGER;
     """,
+    # 5: package lists a running task has stored and not switched to yet (a mirror update
+    # stores its packages and list, downloads, then switches): a prune keeps them, and
+    # the packages they hold, while that task is queued or running
+    """
+    CREATE TABLE pending_lists (
+        task_id INTEGER PRIMARY KEY,
+        digest TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

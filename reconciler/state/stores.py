@@ -8,6 +8,7 @@ own: a task hands it the connection it runs its transaction on.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import sqlite3
@@ -26,6 +27,7 @@ from reconciler.errors import StateError
 from reconciler.spec import MirrorSpec, PublishSpec, SnapshotSpec
 
 CHUNK = 500
+TASK_HISTORY = 1000  # tasks kept in the table (and shown by the API): the newest ones
 
 
 def now() -> str:
@@ -185,12 +187,71 @@ class PackageLists:
             " UNION SELECT 'snapshot/' || name FROM snapshots WHERE list_digest = ? ORDER BY 1", (digest, digest))]
         return ", ".join(names) or f"package list {digest[:12]}"
 
+    _UNNAMED = ("digest NOT IN (SELECT list_digest FROM mirrors WHERE list_digest IS NOT NULL)"
+                " AND digest NOT IN (SELECT list_digest FROM snapshots)"
+                " AND digest NOT IN (SELECT l.digest FROM pending_lists l JOIN tasks t ON t.id = l.task_id"
+                " WHERE t.state IN ('queued', 'running'))")
+
+    def hold(self, task_id: int, digest: str) -> None:
+        """Keep list `digest` (and its packages) from a prune while task `task_id` runs: it
+        stored the list and switches to it later, in another transaction."""
+        self.db.execute("INSERT OR REPLACE INTO pending_lists (task_id, digest) VALUES (?, ?)", (task_id, digest))
+
+    def release(self, task_id: int) -> None:
+        """The task switched to its list (or gave up): it no longer needs holding."""
+        self.db.execute("DELETE FROM pending_lists WHERE task_id = ?", (task_id,))
+
     def prune(self) -> int:
-        """Drop lists no mirror or snapshot names any more."""
-        cur = self.db.execute(
-            "DELETE FROM package_lists WHERE digest NOT IN (SELECT list_digest FROM mirrors WHERE list_digest IS NOT NULL)"
-            " AND digest NOT IN (SELECT list_digest FROM snapshots)")
-        return cur.rowcount
+        """Drop lists no mirror or snapshot names any more, and the packages only they held.
+
+        Incremental, so a routine update pays for what it replaced, not for the whole
+        table: the candidates are the packages of the lists dropped now, less those any
+        remaining list holds (each remaining list is decoded once; ~15-30 ms for a
+        20,000-package mirror and a fortnight of snapshots: bench/prune.py). A list a
+        running task holds (`hold`: stored, not switched to yet) counts as named.
+        Packages no list ever held (an update killed between storing its packages and
+        its list) are left for `Packages.prune_unlisted` (gc)."""
+        dead = self.db.execute(f"SELECT digest, ids FROM package_lists WHERE {self._UNNAMED}").fetchall()
+        if not dead:
+            return 0
+        candidates: set[int] = set()
+        for digest, blob in dead:
+            try:
+                candidates.update(self.decode(blob))
+            except (zlib.error, ValueError, TypeError):
+                pass  # a damaged list: what it held is left for gc's full sweep
+        self.db.execute(f"DELETE FROM package_lists WHERE {self._UNNAMED}")
+        for (blob,) in self.db.execute("SELECT ids FROM package_lists"):
+            if not candidates:
+                break
+            try:
+                held = self.decode(blob)
+            except (zlib.error, ValueError, TypeError):
+                return len(dead)  # what a damaged list holds is unknown: delete no package
+            _discard_held(candidates, held)
+        if candidates:
+            self.db.execute("DELETE FROM packages WHERE id IN (SELECT value FROM json_each(?))",
+                            (_json_ids(sorted(candidates)),))
+        return len(dead)
+
+    def held(self) -> set[int]:
+        """Every package id any stored list holds (decodes every list: for gc)."""
+        ids: set[int] = set()
+        for (digest,) in self.db.execute("SELECT digest FROM package_lists").fetchall():
+            ids.update(self.ids(digest))
+        return ids
+
+
+def _discard_held(candidates: set[int], held: array) -> None:
+    """Remove from `candidates` the ids in the sorted array `held`: by binary search when
+    few are left (the usual case after the first list), else in one pass over `held`."""
+    if len(candidates) * 16 < len(held):
+        for id_ in list(candidates):
+            at = bisect.bisect_left(held, id_)
+            if at < len(held) and held[at] == id_:
+                candidates.discard(id_)
+    else:
+        candidates.difference_update(held)
 
 
 class Packages:
@@ -219,6 +280,15 @@ class Packages:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             ids.update(self._ids([r[0] for r in rows]))
         return [ids[k] for k in keys]
+
+    def prune_unlisted(self, held: set[int]) -> int:
+        """Delete every package whose id is not in `held` (`PackageLists.held`): the full
+        sweep gc makes, which also finds rows of updates that stored packages and then
+        failed before storing their list."""
+        ids = [r[0] for r in self.db.execute("SELECT id FROM packages") if r[0] not in held]
+        for chunk in _chunks(ids):
+            self.db.execute("DELETE FROM packages WHERE id IN (SELECT value FROM json_each(?))", (_json_ids(chunk),))
+        return len(ids)
 
     def _ids(self, keys: Sequence[str]) -> dict[str, int]:
         ids: dict[str, int] = {}
@@ -558,6 +628,15 @@ class Store:
         self.packages = Packages(db)
         self.lists = PackageLists(db)
         self.owners = Owners(db)
+
+    def prune_tasks(self) -> int:
+        """Keep the last TASK_HISTORY tasks; older ones that ended are deleted. A range of
+        the primary key below the newest id: nothing to scan when there is nothing to
+        delete, so every task can afford it."""
+        cur = self.db.execute("DELETE FROM tasks WHERE id <= (SELECT MAX(id) FROM tasks) - ?"
+                              " AND state IN ('succeeded', 'failed')", (TASK_HISTORY,))
+        self.db.execute("DELETE FROM pending_lists WHERE task_id NOT IN (SELECT id FROM tasks)")
+        return cur.rowcount
 
     def problems(self) -> list[str]:
         """Every stored row that does not decode (JSON, specs, list blobs): what verify reports."""
