@@ -229,7 +229,7 @@ class Transport:
                 response = self._send(parts, target, url, sent, token)
                 location = response.getheader("Location")
                 if response.status in REDIRECTS and location:
-                    _discard(response, lambda: self._forget(parts.scheme, parts.netloc))
+                    _discard(response, lambda: self._forget(parts.scheme, parts.netloc))  # noqa: B023 (called here)
                     url = urllib.parse.urljoin(url, location)
                     continue
                 try:

@@ -485,7 +485,7 @@ def _write_indexes(req: TreeRequest, stage: Path, linker: _Linker) -> tuple[list
             for w in writers.values():
                 w.abort()
             raise
-        for (kind, arch), writer in writers.items():
+        for (_kind, arch), writer in writers.items():
             directory = writer.path.parent
             counts[directory.relative_to(stage).as_posix()] = writer.count
             written = writer.close() + [_dir_release(req, directory, comp, arch)]
@@ -640,7 +640,7 @@ def _prune_dist(target: Path, current: dict, previous: dict, *, signed: bool) ->
         for name in ("InRelease", "Release.gpg"):
             (target / name).unlink(missing_ok=True)
     for child in _own_subdirs(target):
-        for dirpath, dirnames, filenames in os.walk(child, topdown=False):
+        for dirpath, _dirnames, filenames in os.walk(child, topdown=False):
             for name in filenames:
                 path = Path(dirpath) / name
                 if path not in keep_plain and path not in keep_hashed:

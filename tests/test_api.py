@@ -245,7 +245,7 @@ def test_delete_racing_a_snapshot_creation_never_strands_the_snapshot(tmp_path, 
                                           "-f", str(tmp_path / name), "--owner", name], stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True)
                 dropping = pool.submit(httpx.delete, f"{server.url}/api/mirrors/{mirror}", timeout=60)
-                server.wait_for(lambda s: queued(s, {f"create snapshot {name}", f"drop mirror {mirror}"}),
+                server.wait_for(lambda s: queued(s, {f"create snapshot {name}", f"drop mirror {mirror}"}),  # noqa: B023
                                 timeout=30, what="both tasks waiting for the lock")
             dropped = dropping.result()
         out, _ = apply.communicate(timeout=60)

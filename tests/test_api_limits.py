@@ -108,7 +108,7 @@ def test_a_token_file_that_breaks_while_serving_refuses_every_mutation(tmp_path,
                 body = answer.json()
                 assert body["error"] == "AuthUnavailable", body
                 assert f"--token-file {token} {expected}" in body["message"], body
-        server.wait_line(lambda line: "ERROR reconciler.api" in line and f"--token-file {token} {expected}" in line,
+        server.wait_line(lambda line: "ERROR reconciler.api" in line and f"--token-file {token} {expected}" in line,  # noqa: B023
                          timeout=5)
         assert server.get("/api/mirrors/up").status_code == 200  # reads stay open; nothing was dropped
         if token.is_dir():

@@ -215,7 +215,7 @@ class PackageLists:
         if not dead:
             return 0
         candidates: set[int] = set()
-        for digest, blob in dead:
+        for _digest, blob in dead:
             try:
                 candidates.update(self.decode(blob))
             except (zlib.error, ValueError, TypeError):
