@@ -48,6 +48,8 @@ class PublishedTree:
 
     release_sha256: str | None  # None: there is no Release there
     valid_until: datetime | None = None
+    damaged: tuple[str, ...] = ()  # files the Release lists that are missing or differ from it
+    signatures: bool = True  # InRelease and Release.gpg are both there
 
 
 @dataclass
@@ -556,6 +558,11 @@ def tree_repair(spec, release_sha256: str | None, tree: PublishedTree, now: date
         return "the published tree has no Release (deleted?): rebuild it"
     if release_sha256 and tree.release_sha256 != release_sha256:
         return "the Release on disk is not the one published (drift): rebuild it"
+    if tree.damaged:
+        more = f" (and {len(tree.damaged) - 3} more)" if len(tree.damaged) > 3 else ""
+        return f"{', '.join(tree.damaged[:3])}{more} missing or not what the Release lists (drift): rebuild it"
+    if not spec.signing.skip and not tree.signatures:
+        return "InRelease or Release.gpg is missing (drift): rebuild it"
     window = renew_before(spec)
     if window is not None and tree.valid_until is not None and tree.valid_until - now < window:
         return f"Valid-Until {tree.valid_until.isoformat()} is less than {window} away: re-sign it"

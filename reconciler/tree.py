@@ -594,11 +594,14 @@ def _link_by_hash(stage: Path, target: Path, files: list[IndexEntry]) -> list[Pa
                 os.link(stage / f.path, dest)
                 added.append(dest)
             except FileExistsError:
-                if dest.stat().st_size != f.size:  # a damaged leftover: replace it atomically
-                    tmp = dest.with_name(f".tmp-{dest.name}")
-                    tmp.unlink(missing_ok=True)
-                    os.link(stage / f.path, tmp)
-                    os.replace(tmp, dest)
+                # The same name holds the same bytes, unless it was damaged (an edit in
+                # place of a published index edits its by-hash links too, even at the same
+                # size): replace it atomically with the staged file, which costs no hash
+                # and gives a reader either the old inode or the new one.
+                tmp = dest.with_name(f".tmp-{dest.name}")
+                tmp.unlink(missing_ok=True)
+                os.link(stage / f.path, tmp)
+                os.replace(tmp, dest)
     return added
 
 

@@ -183,15 +183,22 @@ def _date(text: str) -> datetime | None:
 
 
 def published(publish_root: Path, prefix: str, distribution: str) -> PublishedTree:
-    """The Release of a published tree as it is on disk now (a small file), for plans,
-    the publish task's repair check and metrics."""
+    """A published tree as it is on disk now, for plans, the publish task's repair check
+    and metrics: its Release, whether the signatures are there, and which of the files
+    the Release lists are missing or differ from it (the indexes are hashed: ~30 ms for
+    a 20,000-package tree; the package files are not, `verify` does that)."""
+    target = tree.dist_dir(publish_root, prefix, distribution)
     try:
-        data = (tree.dist_dir(publish_root, prefix, distribution) / "Release").read_bytes()
+        data = (target / "Release").read_bytes()
     except OSError:
         return PublishedTree(None)
     info = parse_release(data.decode("utf-8", "replace"))
     text = info.get("Valid-Until")
-    return PublishedTree(hashlib.sha256(data).hexdigest(), _date(text) if text else None)
+    hasher = _Hasher()
+    damaged = tuple(path for path, (size, digests) in sorted(info.files.items())
+                    if _check_file(target / path, path, size, digests.get("sha256"), hasher))
+    signatures = (target / "InRelease").exists() and (target / "Release.gpg").exists()
+    return PublishedTree(hashlib.sha256(data).hexdigest(), _date(text) if text else None, damaged, signatures)
 
 
 # ---------------------------------------------------------------------------

@@ -132,18 +132,23 @@ def publish_text(specs: Specs, extra: str = "") -> str:
         "Publish", "p", f"{{distribution: stable, components: {{main: s}}, signing: {{skip: true}}{extra}}}")
 
 
-@pytest.mark.parametrize("damage", ["delete", "edit"])
+@pytest.mark.parametrize("damage", ["delete", "edit", "edit-packages", "delete-packages-xz"])
 def test_a_damaged_release_is_planned_as_a_repair_and_rebuilt(specs, damage):
     specs.apply(publish_text(specs))
     release = specs.root / "public/dists/stable/Release"
+    packages = specs.root / "public/dists/stable/main/binary-amd64/Packages"
     if damage == "delete":
         release.unlink()
-    else:
+    elif damage == "edit":
         release.write_text(release.read_text().replace("Suite: stable", "Suite: hostile"))
+    elif damage == "edit-packages":  # the same size, other content: only a hash sees it
+        packages.write_text(packages.read_text().replace("Package: hello", "Package: hellO"))
+    else:
+        packages.with_name("Packages.xz").unlink()
     planned = reconciler(specs.root, "plan", "-f", str(specs.dir), "--detailed-exitcode")
     assert planned.returncode == 2 and "rebuild it" in planned.stdout, planned.stdout
     specs.apply(publish_text(specs))
-    assert "Suite: stable" in release.read_text()
+    assert "Suite: stable" in release.read_text() and "Package: hellO" not in packages.read_text()
     specs.converged()
     assert reconciler(specs.root, "verify").returncode == 0
 
