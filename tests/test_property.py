@@ -48,6 +48,7 @@ STEPS = int(os.environ.get("RECONCILER_PROPERTY_STEPS", "8" if "RECONCILER_PROPE
 APT_EVERY = 4  # steps between apt-get checks (each costs about a second)
 MIRROR_FILTERS = [None, "Priority (required)", "hello", "toolbox | mailnotify"]
 INSTALLABLE = ("hello", "toolbox", "mailnotify", "basesys")
+PREFIXES = [".", "debian"]  # publishes under one prefix share its pool/
 # Damage the plan does not see yet (it compares only the top Release with the database):
 # each has a strict xfail regression test in tests/test_convergence.py. Remove a name
 # here when its test passes, so the property covers it again.
@@ -143,7 +144,7 @@ class Convergence(RuleBasedStateMachine):
         for name, s in self.snapshots.items():
             out.append(doc("Snapshot", name, s["spec"], protect=s["protect"], **_meta(s)))
         for name, p in self.publishes.items():
-            spec = {"distribution": name, "components": {"main": p["source"]}}
+            spec = {"prefix": p["prefix"], "distribution": p["distribution"], "components": {"main": p["source"]}}
             if p["signed"]:
                 spec["signing"] = {"keyFile": str(Keys.signing.secret_armored)}
             else:
@@ -157,19 +158,21 @@ class Convergence(RuleBasedStateMachine):
         (self.world.specs / "all.yaml").write_text(self.text())
         return load_specs([self.world.specs])
 
-    def plan(self, specs) -> planner.Plan:
-        return reconcile.make_plan(self.world.context(), specs, planner.Options())
+    def plan(self, specs, options: planner.Options = planner.Options()) -> planner.Plan:
+        return reconcile.make_plan(self.world.context(), specs, options)
 
-    def converge(self, what: str, *, drifted: bool = False) -> None:
-        """Apply and check the invariant; with `drifted`, the plan first shows a repair."""
+    def converge(self, what: str, *, drifted: bool = False, replace: frozenset[str] = frozenset()) -> None:
+        """Apply (with `--replace` of `replace`) and check the invariant; with `drifted`,
+        the plan first shows a repair."""
         self.history.append(what)
         specs = self.load()
-        before = self.plan(specs)
+        options = planner.Options(replace=replace)
+        before = self.plan(specs, options)
         assert not before.errors, self.explain("plan has errors", before)
         if drifted:
             assert before.has_changes, self.explain("the drift is not planned as a change", before)
         lines: list[str] = []
-        report = reconcile.apply(self.world.context(), specs, planner.Options(), echo=lines.append)
+        report = reconcile.apply(self.world.context(), specs, options, echo=lines.append)
         assert report.ok, self.explain("apply failed", before, lines)
         after = self.plan(specs)
         assert not after.errors and not after.has_changes, self.explain("not converged after apply", after, lines)
@@ -194,8 +197,9 @@ class Convergence(RuleBasedStateMachine):
                 continue
             signed = self.publishes[name]["signed"]
             option = f"signed-by={Keys.signing.public_keyring}" if signed else "trusted=yes"
+            base = self.world.published.url + ("" if row.prefix == "." else f"/{row.prefix}")
             client = AptClient(self.world.dir / f"apt-{name}-{self.steps}",
-                               f"deb [{option}] {self.world.published.url} {name} main")
+                               f"deb [{option}] {base} {row.distribution} main")
             # The context's clock runs ahead of this machine's: the tree's Date is "in the future".
             result = client.run("-o", "Acquire::Check-Date=false", "update")
             assert result.returncode == 0 and "\nE: " not in "\n" + result.stderr, result.output
@@ -216,10 +220,10 @@ class Convergence(RuleBasedStateMachine):
     def tree_files(self) -> list[Path]:
         """Published files to damage: the top Release of each tree, and with
         RECONCILER_PROPERTY_ALL_DRIFT=1 every file (see ALL_DRIFT)."""
-        public = self.world.dir / "root/public/dists"
+        public = self.world.dir / "root/public"
         if ALL_DRIFT:
-            return sorted(p for p in public.rglob("*") if p.is_file() and "by-hash" not in p.parts)
-        return sorted(public.glob("*/Release"))
+            return sorted(p for p in public.rglob("dists/**/*") if p.is_file() and "by-hash" not in p.parts)
+        return sorted([*public.glob("dists/*/Release"), *public.glob("*/dists/*/Release")])
 
     # ---- rules: specs ---------------------------------------------------------------------
 
@@ -251,7 +255,7 @@ class Convergence(RuleBasedStateMachine):
         if kind == "filter":
             spec.update(filter="basesys | toolbox | hello", filterWithDeps=True)
         elif kind == "series":
-            spec["series"] = {"every": "1d", "keep": 2}
+            spec["series"] = {"every": "1d", "keep": data.draw(st.integers(min_value=1, max_value=2))}
         elif kind == "merge":
             plain = self.plain_snapshots()
             if not plain:
@@ -274,6 +278,37 @@ class Convergence(RuleBasedStateMachine):
             if p["source"] == old:
                 p["source"] = new
         self.converge(f"rename snapshot {old} -> {new}")
+
+    @precondition(lambda self: self.plain_snapshots())
+    @rule(data=st.data())
+    def replace_snapshot(self, data):
+        """New content under the same name (`apply --replace NAME`), also while published."""
+        name = data.draw(st.sampled_from(self.plain_snapshots()))
+        spec = self.snapshots[name]["spec"]
+        if "mirror" not in spec:
+            spec["latest"] = not spec.get("latest", False)
+        elif spec.get("filter"):
+            spec.pop("filter"), spec.pop("filterWithDeps", None)
+        else:
+            spec.update(filter="Priority (required)", filterWithDeps=True)
+        self.converge(f"replace snapshot {name} with {spec}", replace=frozenset({name}))
+
+    @rule()
+    def add_mirror(self):
+        name = self.fresh("m")
+        self.mirrors[name] = {"filter": "hello"}
+        self.converge(f"add mirror {name}")
+
+    @precondition(lambda self: len(self.mirrors) > 1)
+    @rule(data=st.data())
+    def drop_mirror(self, data):
+        used = {s["spec"].get("mirror") for s in self.snapshots.values()}
+        unused = sorted(set(self.mirrors) - used)
+        if not unused:
+            return
+        name = data.draw(st.sampled_from(unused))
+        del self.mirrors[name]
+        self.converge(f"drop mirror {name}")
 
     @precondition(lambda self: self.snapshots)
     @rule(data=st.data())
@@ -298,12 +333,22 @@ class Convergence(RuleBasedStateMachine):
         return self.plain_snapshots() + [f"{s}@latest" for s in self.series()]
 
     @precondition(lambda self: self.snapshots)
-    @rule(signed=st.booleans(), valid=st.sampled_from([None, "7d"]), data=st.data())
-    def add_publish(self, signed, valid, data):
+    @rule(signed=st.booleans(), valid=st.sampled_from([None, "7d"]), prefix=st.sampled_from(PREFIXES),
+          data=st.data())
+    def add_publish(self, signed, valid, prefix, data):
         source = data.draw(st.sampled_from(self.sources()))
         name = self.fresh("p")
-        self.publishes[name] = {"source": source, "signed": signed, "validFor": valid, "protect": False}
-        self.converge(f"add publish {name} of {source} signed={signed} validFor={valid}")
+        self.publishes[name] = {"source": source, "signed": signed, "validFor": valid, "protect": False,
+                                "prefix": prefix, "distribution": name}
+        self.converge(f"add publish {name} at {prefix} of {source} signed={signed} validFor={valid}")
+
+    @precondition(lambda self: self.publishes)
+    @rule(prefix=st.sampled_from(PREFIXES), data=st.data())
+    def move_publish(self, prefix, data):
+        name = data.draw(st.sampled_from(sorted(self.publishes)))
+        entry = self.publishes[name]
+        entry["prefix"], entry["distribution"] = prefix, self.fresh(name + "-")
+        self.converge(f"move publish {name} to {prefix}/{entry['distribution']}")
 
     @precondition(lambda self: self.publishes)
     @rule(data=st.data())
