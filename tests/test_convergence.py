@@ -231,3 +231,36 @@ def test_the_context_clock_drives_series_and_valid_until(specs):
     clock[0] += timedelta(minutes=30)
     converge()
     assert specs.names("snapshots") == ["hourly-203005061200", "hourly-203005061300"]
+
+
+# Found by tests/test_property.py (shrunk by hand): a series declared `protect: true`
+# gives its members protect; rotation then plans "drop beyond keep" (no error), and
+# apply refuses that drop as protected on every run, even after the series is declared
+# protect: false again (members keep the flag they were created with).
+@pytest.mark.xfail(strict=True, reason="series retention plans the drop of a protected member that apply "
+                                       "refuses (green plan, failing apply); issue 11")
+@pytest.mark.parametrize("later", [", protect: true", ""])
+def test_a_protected_series_rotates_with_a_plan_that_apply_keeps(specs, later):
+    from datetime import datetime, timedelta, timezone
+
+    from reconciler import plan as planner
+    from reconciler import reconcile
+    from reconciler.loader import load_specs
+    from reconciler.tasks import Context
+
+    clock = [datetime(2030, 5, 1, 12, tzinfo=timezone.utc)]
+    ctx = Context(specs.root, clock=lambda: clock[0])
+
+    def apply(meta: str) -> None:
+        (specs.dir / "all.yaml").write_text(
+            specs.mirror() + doc("Snapshot", "daily", "{mirror: m, series: {every: 1d, keep: 1}}", meta))
+        declared = load_specs([specs.dir])
+        planned = reconcile.make_plan(ctx, declared, planner.Options())
+        report = reconcile.apply(ctx, declared, planner.Options(), echo=lambda line: None)
+        assert planned.errors or report.ok, (report.failures, [c.text() for c in planned.changes])
+        after = reconcile.make_plan(ctx, declared, planner.Options())
+        assert not after.has_changes and not after.errors, [c.text() for c in after.changes]
+
+    apply(", protect: true")
+    clock[0] += timedelta(days=1)
+    apply(later)  # keep 1: the first member is beyond keep

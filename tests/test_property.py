@@ -49,15 +49,15 @@ APT_EVERY = 4  # steps between apt-get checks (each costs about a second)
 MIRROR_FILTERS = [None, "Priority (required)", "hello", "toolbox | mailnotify"]
 INSTALLABLE = ("hello", "toolbox", "mailnotify", "basesys")
 PREFIXES = [".", "debian"]  # publishes under one prefix share its pool/
-# Damage the plan does not see yet (it compares only the top Release with the database):
-# each has a strict xfail regression test in tests/test_convergence.py. Remove a name
-# here when its test passes, so the property covers it again.
-# Damage the plan does not see yet: it compares only each tree's top Release with the
-# database, so a deleted InRelease or an edited Packages.gz (or per-directory Release) is
-# planned as "up to date". Each has a strict xfail regression test in
-# tests/test_convergence.py; until they pass, only the top Release is damaged here
-# (RECONCILER_PROPERTY_ALL_DRIFT=1 damages any file, to check a fix).
-ALL_DRIFT = os.environ.get("RECONCILER_PROPERTY_ALL_DRIFT") == "1"
+# Known failures, each with a strict xfail regression test in tests/test_convergence.py,
+# left out of the machine until fixed so longer runs find new ones
+# (RECONCILER_PROPERTY_KNOWN=1 puts them back, to check a fix):
+# - the plan compares only each tree's top Release with the database, so a deleted
+#   InRelease or an edited Packages.gz (or per-directory Release) is planned "up to
+#   date": only the top Release is damaged here;
+# - a protected series plans the drop of a protected member that apply refuses: protect
+#   is not toggled on a series here.
+KNOWN = os.environ.get("RECONCILER_PROPERTY_KNOWN") == "1"
 
 
 class Keys:
@@ -219,9 +219,9 @@ class Convergence(RuleBasedStateMachine):
 
     def tree_files(self) -> list[Path]:
         """Published files to damage: the top Release of each tree, and with
-        RECONCILER_PROPERTY_ALL_DRIFT=1 every file (see ALL_DRIFT)."""
+        RECONCILER_PROPERTY_KNOWN=1 every file (see KNOWN)."""
         public = self.world.dir / "root/public"
-        if ALL_DRIFT:
+        if KNOWN:
             return sorted(p for p in public.rglob("dists/**/*") if p.is_file() and "by-hash" not in p.parts)
         return sorted([*public.glob("dists/*/Release"), *public.glob("*/dists/*/Release")])
 
@@ -323,7 +323,10 @@ class Convergence(RuleBasedStateMachine):
     @precondition(lambda self: self.snapshots or self.publishes)
     @rule(data=st.data())
     def toggle_protect(self, data):
-        objects = [("snapshot", n) for n in sorted(self.snapshots)] + [("publish", n) for n in sorted(self.publishes)]
+        snapshots = sorted(self.snapshots) if KNOWN else self.plain_snapshots()
+        objects = [("snapshot", n) for n in snapshots] + [("publish", n) for n in sorted(self.publishes)]
+        if not objects:
+            return
         kind, name = data.draw(st.sampled_from(objects))
         entry = (self.snapshots if kind == "snapshot" else self.publishes)[name]
         entry["protect"] = not entry["protect"]
