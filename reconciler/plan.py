@@ -340,20 +340,27 @@ def series_member(name: str, every: str, now: datetime) -> str:
 
 
 def _series(name: str, doc, rows: dict, options: Options) -> list[Change]:
-    """A series takes a new member when the newest is `every` old, and keeps `keep` of them."""
+    """A series takes a new member when the newest is `every` old, and keeps `keep` of them.
+
+    Members follow the series document's `protect`: a member whose flag differs is
+    updated first, so clearing the flag on the series releases its old members too."""
     now = options.now or datetime.now(timezone.utc)
     members = sorted((r.created_at, n) for n, r in rows.items() if r.series == name)
+    protect = doc.metadata.protect
+    flags = [Change("update", "Snapshot", n, f"series {name}: metadata.protect -> {str(protect).lower()}",
+                    {"fields": ["metadata.protect"], "protect": protect})
+             for _created, n in members if rows[n].protect != protect]
     every = doc.spec.series.every
     if members:
         newest = datetime.fromisoformat(members[-1][0])
         if now - newest < parse_duration(every):
-            return [Change("noop", "Snapshot", name, f"series: newest {members[-1][1]}, next one due "
-                                                     f"{(newest + parse_duration(every)).isoformat()}")]
+            return flags + [Change("noop", "Snapshot", name, f"series: newest {members[-1][1]}, next one due "
+                                                             f"{(newest + parse_duration(every)).isoformat()}")]
     member = series_member(name, every, now)
     if member in rows:
-        return [Change("noop", "Snapshot", name, f"series: {member} exists")]
-    return [Change("create", "Snapshot", member, f"series {name}: from mirror {doc.spec.mirror}",
-                   {"series": name, "source": f"mirror {doc.spec.mirror}"})]
+        return flags + [Change("noop", "Snapshot", name, f"series: {member} exists")]
+    return flags + [Change("create", "Snapshot", member, f"series {name}: from mirror {doc.spec.mirror}",
+                           {"series": name, "source": f"mirror {doc.spec.mirror}"})]
 
 
 def _retention(specs: Specs, planned: dict, observed: Observed, snaps: list[Change], pubs: list[Change]) -> list[Change]:
@@ -368,6 +375,9 @@ def _retention(specs: Specs, planned: dict, observed: Observed, snaps: list[Chan
         for old in members[: max(0, len(members) - doc.spec.series.keep)]:
             if old in used:
                 out.append(Change("noop", "Snapshot", old, f"series {name}: beyond keep but still published"))
+            elif doc.metadata.protect:  # members follow the series' flag (see _series)
+                out.append(Change("noop", "Snapshot", old, f"series {name}: beyond keep but protected "
+                                                           "(metadata.protect on the series)"))
             else:
                 out.append(Change("drop", "Snapshot", old, f"series {name}: beyond keep {doc.spec.series.keep}",
                                   {"series": name}))

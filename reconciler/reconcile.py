@@ -8,7 +8,7 @@ order and refuses up front what must not start (errors, in-use drops).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reconciler import plan as planner
@@ -70,7 +70,7 @@ def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
 
 
 def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> tuple[planner.Probe, list | None]:
-    release = upstream.read_release(fetcher, doc.spec, workdir=ctx.local("tmp"))
+    release = upstream.read_release(fetcher, doc.spec, workdir=ctx.local("tmp"), now=ctx.clock)
     wanted = doc.spec.model_dump(mode="json")
     if (row is not None and row.update_complete and row.release_sha256 == release.sha256
             and planner.same_content(row.spec, wanted, row.release_sha256, release.sha256)):
@@ -88,6 +88,7 @@ def _probe_one(ctx, store: Store, fetcher: Fetcher, doc, row) -> tuple[planner.P
 
 
 def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, with_probe: bool = True) -> planner.Plan:
+    options = clocked(ctx, options)
     observed = observe(ctx.store(), ctx.publish_root if with_probe else None)
     upcoming: dict[str, list] = {}
     diffs: dict[str, dict] = {}
@@ -99,6 +100,11 @@ def make_plan(ctx: tasks.Context, specs: Specs, options: planner.Options, *, wit
     if with_probe:
         describe(ctx.store(), specs, the_plan, upcoming, diffs)
     return the_plan
+
+
+def clocked(ctx: tasks.Context, options: planner.Options) -> planner.Options:
+    """The options with the planner's `now` read from the context's clock (unless given)."""
+    return options if options.now is not None else replace(options, now=ctx.clock())
 
 
 def unusable_files(specs: Specs) -> dict[tuple[str, str], str]:
@@ -201,6 +207,7 @@ class Report:
 
 def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=print) -> Report:
     """Make the state match the specs. Refuses before touching anything when the plan has errors."""
+    options = clocked(ctx, options)
     the_plan = make_plan(ctx, specs, options, with_probe=False)
     if the_plan.errors:
         raise Refused("the plan has errors; nothing was changed:\n" + "\n".join(c.text() for c in the_plan.errors))

@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,6 +39,10 @@ T = TypeVar("T")
 DEFAULT_LOCK_TIMEOUT = float(os.environ.get("RECONCILER_LOCK_TIMEOUT", "1800"))
 
 
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 @dataclass
 class Context:
     """Where the state lives and how tasks behave; small and passed explicitly.
@@ -47,6 +52,10 @@ class Context:
     creates them: a root without state reads as empty, and the scratch directories it
     needs (pool, tmp, index cache) go to a private temporary directory instead.
     Every opening refuses a root whose state is lost (see `connect`).
+
+    `clock` is the time every decision reads: the planner's `now` (series members,
+    Valid-Until renewal), the Date and Valid-Until a publish writes, and the Valid-Until
+    check of an upstream Release. Tasks record their own timestamps with the wall clock.
     """
 
     root: Path
@@ -56,6 +65,7 @@ class Context:
     # Builds a download progress display (fetch.Progress) for a label; None: no display.
     progress: Callable[[str], object] | None = None
     create: bool = True
+    clock: Callable[[], datetime] = utcnow
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)

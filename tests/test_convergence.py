@@ -170,3 +170,98 @@ def test_valid_until_is_renewed_once_less_than_half_is_left(specs):
     specs.apply(text)
     assert release.read_text() != first
     specs.converged()
+
+
+def signed_publish_text(specs: Specs, key) -> str:
+    return specs.mirror() + doc("Snapshot", "s", "{mirror: m}") + doc(
+        "Publish", "p", f"{{distribution: stable, components: {{main: s}}, signing: {{keyFile: {key.secret_armored}}}}}")
+
+
+# Found by tests/test_property.py: the plan compared only the top Release with the
+# database, so damage elsewhere in a tree was planned "up to date" while `verify`
+# reported it, and apply left it broken.
+@pytest.mark.parametrize("damage", ["delete InRelease", "delete Release.gpg", "edit main/binary-amd64/Packages.gz",
+                                    "delete main/binary-amd64/Packages.gz", "edit main/binary-amd64/Release"])
+def test_damage_below_the_release_is_planned_as_a_repair(specs, gpg_key, damage):
+    text = signed_publish_text(specs, gpg_key)
+    specs.apply(text)
+    verb, name = damage.split(" ", 1)
+    path = specs.root / "public/dists/stable" / name
+    if verb == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes() + b"\n")
+    planned = reconciler(specs.root, "plan", "-f", str(specs.dir), "--detailed-exitcode")
+    assert planned.returncode == 2, planned.stdout
+    specs.apply(text)
+    specs.converged()
+    assert reconciler(specs.root, "verify").returncode == 0
+
+
+def test_the_context_clock_drives_series_and_valid_until(specs):
+    """Time passes on `Context.clock`, in-process: no sleep, no test switch in a signature."""
+    from datetime import datetime, timedelta, timezone
+
+    from reconciler import plan as planner
+    from reconciler import reconcile
+    from reconciler.loader import load_specs
+    from reconciler.tasks import Context
+
+    clock = [datetime(2030, 5, 1, 12, tzinfo=timezone.utc)]
+    ctx = Context(specs.root, clock=lambda: clock[0])
+    (specs.dir / "all.yaml").write_text(
+        specs.mirror() + doc("Snapshot", "hourly", "{mirror: m, series: {every: 1h, keep: 2}}")
+        + doc("Publish", "p", "{distribution: stable, components: {main: hourly@latest}, validFor: 8d, "
+                              "signing: {skip: true}}"))
+    declared = load_specs([specs.dir])
+
+    def converge() -> planner.Plan:
+        assert reconcile.apply(ctx, declared, planner.Options(), echo=lambda line: None).ok
+        after = reconcile.make_plan(ctx, declared, planner.Options())
+        assert not after.has_changes and not after.errors, [c.text() for c in after.changes]
+        return after
+
+    converge()
+    release = specs.root / "public/dists/stable/Release"
+    assert "Valid-Until: Thu, 09 May 2030 12:00:00" in release.read_text()
+    clock[0] += timedelta(days=5)  # less than half of 8 days left, and a new member due
+    planned = reconcile.make_plan(ctx, declared, planner.Options())
+    assert {(c.op, c.name) for c in planned.changes if c.changes_anything} >= {("create", "hourly-203005061200")}
+    converge()
+    assert "Valid-Until: Tue, 14 May 2030 12:00:00" in release.read_text()
+    clock[0] += timedelta(minutes=30)  # the newest member is half an hour old on this clock
+    assert not reconcile.make_plan(ctx, declared, planner.Options()).has_changes
+    clock[0] += timedelta(minutes=30)
+    converge()
+    assert specs.names("snapshots") == ["hourly-203005061200", "hourly-203005061300"]
+
+
+# Found by tests/test_property.py (shrunk by hand): a series declared `protect: true`
+# gave its members protect; rotation then planned "drop beyond keep" (no error) and
+# apply refused that drop on every run, even after the series was declared protect:
+# false again. Now members follow the series' flag and retention keeps protected ones.
+@pytest.mark.parametrize("later", [", protect: true", ""])
+def test_a_protected_series_rotates_with_a_plan_that_apply_keeps(specs, later):
+    from datetime import datetime, timedelta, timezone
+
+    from reconciler import plan as planner
+    from reconciler import reconcile
+    from reconciler.loader import load_specs
+    from reconciler.tasks import Context
+
+    clock = [datetime(2030, 5, 1, 12, tzinfo=timezone.utc)]
+    ctx = Context(specs.root, clock=lambda: clock[0])
+
+    def apply(meta: str) -> None:
+        (specs.dir / "all.yaml").write_text(
+            specs.mirror() + doc("Snapshot", "daily", "{mirror: m, series: {every: 1d, keep: 1}}", meta))
+        declared = load_specs([specs.dir])
+        planned = reconcile.make_plan(ctx, declared, planner.Options())
+        report = reconcile.apply(ctx, declared, planner.Options(), echo=lambda line: None)
+        assert planned.errors or report.ok, (report.failures, [c.text() for c in planned.changes])
+        after = reconcile.make_plan(ctx, declared, planner.Options())
+        assert not after.has_changes and not after.errors, [c.text() for c in after.changes]
+
+    apply(", protect: true")
+    clock[0] += timedelta(days=1)
+    apply(later)  # keep 1: the first member is beyond keep

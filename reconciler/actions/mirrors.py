@@ -128,7 +128,7 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
     warnings = []
     if not spec.verifySignature:
         warnings.append(f"mirror/{name}: verifySignature is false; the Release signature is NOT checked")
-    release = upstream.read_release(fetcher, spec, workdir=task.ctx.local("tmp"))
+    release = upstream.read_release(fetcher, spec, workdir=task.ctx.local("tmp"), now=task.ctx.clock)
     same = row is not None and same_content(row.spec, wanted, row.release_sha256, release.sha256)
     keyrings = [loader.file_digest(k) for k in spec.keyrings]
     if same and row.update_complete and row.release_sha256 == release.sha256:

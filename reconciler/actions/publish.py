@@ -18,7 +18,6 @@ from __future__ import annotations
 import posixpath
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 from reconciler import gpg, loader, locks, tasks, tree, treeverify
@@ -97,7 +96,7 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
         if current is not None and (current.prefix, current.distribution) != where:
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
         on_disk = treeverify.published(ctx.publish_root, spec.prefix, spec.distribution)
-        why = current and tree_repair(spec, current.release_sha256, on_disk, datetime.now(timezone.utc))
+        why = current and tree_repair(spec, current.release_sha256, on_disk, ctx.clock())
         replaced = 0
         if current and published_inputs(current.inputs_digest, wanted, lists, key) and not why:
             # Same inputs; but a pool file its tree links may have been replaced since
@@ -195,7 +194,7 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
         suite=spec.suite, codename=spec.codename,
         valid_for=parse_duration(spec.validFor) if spec.validFor else None,
         acquire_by_hash=spec.acquireByHash, description=spec.description,
-        compression=spec.compression.levels(), recorded=task.store.pool_identities)
+        compression=spec.compression.levels(), recorded=task.store.pool_identities, date=ctx.clock())
     # A first publish into a prefix without a pool has nothing to clean up afterwards.
     new_pool = not (tree.prefix_dir(ctx.publish_root, spec.prefix) / "pool").exists()
     signer = signer_for(ctx, doc)

@@ -54,7 +54,8 @@ def create(ctx: tasks.Context, doc: SnapshotDoc, *, owner: str = "default", name
             if existing is None:
                 tx.snapshots.create(name, owner=owner, spec=wanted, protect=doc.metadata.protect,
                                     list_digest=digest, source_mirror=spec.mirror,
-                                    source_snapshots=spec.snapshots or [], series=series)
+                                    source_snapshots=spec.snapshots or [], series=series,
+                                    created_at=task.ctx.clock().isoformat(timespec="seconds"))
             else:
                 tx.snapshots.update(name, spec=wanted, list_digest=digest, source_mirror=spec.mirror,
                                     source_snapshots=json.dumps(spec.snapshots or []))

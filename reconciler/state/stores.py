@@ -480,12 +480,15 @@ class Snapshots:
         return [self._row(r) for r in self.db.query(self._SELECT + " WHERE s.series = ? ORDER BY s.name", [series])]
 
     def create(self, name: str, *, owner: str, spec: dict, protect: bool, list_digest: str,
-               source_mirror: str | None, source_snapshots: list[str], series: str | None = None) -> None:
+               source_mirror: str | None, source_snapshots: list[str], series: str | None = None,
+               created_at: str | None = None) -> None:
+        """`created_at` (default: now) is when the snapshot was taken; a series dates its
+        members by it, on the clock its planner reads."""
         self.db.execute(
             "INSERT INTO snapshots (name, owner, spec, protect, source_mirror, source_snapshots, series,"
             " list_digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (name, owner, json.dumps(spec), int(protect), source_mirror, json.dumps(source_snapshots),
-             series, list_digest, now()))
+             series, list_digest, created_at or now()))
 
     def update(self, name: str, **values: object) -> None:
         if "spec" in values:
