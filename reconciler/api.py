@@ -243,19 +243,16 @@ def _reads(app: FastAPI, ctx: tasks.Context) -> None:
                         limit: Limit = DEFAULT_PAGE, offset: Offset = 0, store: Store = connect) -> dict:
         return packages(store, q, where, limit, offset)
 
-    @app.get("/api/mirrors/{name}/packages", tags=["packages"], responses={404: ERROR, 422: ERROR},
-             response_model=views.PackagePage,
-             summary="A mirror's packages (q: an aptly query)")
-    def mirror_packages(name: str, q: Q = None, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
-                        store: Store = connect) -> dict:
-        return packages(store, q, f"mirror/{name}", limit, offset)
+    def listing(kind: str):
+        def of_kind(name: str, q: Q = None, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
+                    store: Store = connect) -> dict:
+            return packages(store, q, f"{kind}/{name}", limit, offset)
+        return of_kind
 
-    @app.get("/api/snapshots/{name}/packages", tags=["packages"], responses={404: ERROR, 422: ERROR},
-             response_model=views.PackagePage,
-             summary="A snapshot's packages (q: an aptly query)")
-    def snapshot_packages(name: str, q: Q = None, limit: Limit = DEFAULT_PAGE, offset: Offset = 0,
-                          store: Store = connect) -> dict:
-        return packages(store, q, f"snapshot/{name}", limit, offset)
+    for kind in ("mirror", "snapshot"):  # one endpoint each, the same shape
+        app.get(f"/api/{kind}s/{{name}}/packages", tags=["packages"], responses={404: ERROR, 422: ERROR},
+                response_model=views.PackagePage, name=f"{kind}_packages",
+                summary=f"A {kind}'s packages (q: an aptly query)")(listing(kind))
 
     @app.get("/api/publish/{key:path}/packages", include_in_schema=False)
     @app.get("/api/publishes/{key:path}/packages", tags=["packages"], responses={404: ERROR, 422: ERROR},
