@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 from reconciler.loader import Specs
 from reconciler.spec import Compression, Limits, Network, parse_duration
-from reconciler.state.stores import MirrorRow, PublishRow, SnapshotRow
+from reconciler.state.rows import MirrorRow, PublishRow, SnapshotRow
 
 MIRROR_CONTENT = ("url", "distribution", "components", "architectures", "filter", "filterWithDeps",
                   "withSources", "withUdebs")

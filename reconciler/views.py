@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.debian import query
 from reconciler.errors import BadRequest, NotFound
-from reconciler.state.stores import MirrorRow, PublishRow, SnapshotRow, Store
+from reconciler.state.rows import MirrorRow, PublishRow, SnapshotRow
+from reconciler.state.stores import Store
 
 
 def mirror(row: MirrorRow) -> dict:

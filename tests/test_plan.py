@@ -11,7 +11,7 @@ import pytest
 from reconciler import plan as planner
 from reconciler.loader import Specs
 from reconciler.spec import DOCUMENT
-from reconciler.state.stores import MirrorRow, PublishRow, SnapshotRow
+from reconciler.state.rows import MirrorRow, PublishRow, SnapshotRow
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 MIRROR_SPEC = {"url": "http://x/debian", "distribution": "stable", "keyrings": ["/k.gpg"]}

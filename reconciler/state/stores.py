@@ -16,7 +16,6 @@ import time
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import sqlite_utils
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from reconciler.debian.package import Package, PackageFile
 from reconciler.errors import StateError
 from reconciler.spec import MirrorSpec, PublishSpec, SnapshotSpec
+from reconciler.state.rows import MirrorRow, PublishRow, SnapshotRow
 
 CHUNK = 500
 TASK_HISTORY = 1000  # tasks kept in the table (and shown by the API): the newest ones
@@ -78,58 +78,6 @@ def _stored_files(what: str, text: str) -> list[tuple[str, int, str]]:
 def _json_ids(ids: Sequence[int]) -> str:
     """Ids as one JSON array parameter: `IN (SELECT value FROM json_each(?))` takes any count."""
     return json.dumps(list(ids))
-
-
-@dataclass(frozen=True)
-class MirrorRow:
-    id: int
-    name: str
-    owner: str
-    spec: dict
-    protect: bool
-    list_digest: str | None
-    status: str
-    update_complete: bool
-    release_sha256: str | None
-    release_date: str | None
-    upstream: dict
-    last_update: str | None
-    last_error: str | None
-    created_at: str
-    updated_at: str
-    num_packages: int
-
-
-@dataclass(frozen=True)
-class SnapshotRow:
-    id: int
-    name: str
-    owner: str
-    spec: dict
-    protect: bool
-    source_mirror: str | None
-    source_snapshots: list[str]
-    series: str | None
-    list_digest: str
-    created_at: str
-    num_packages: int
-
-
-@dataclass(frozen=True)
-class PublishRow:
-    id: int
-    name: str
-    owner: str
-    prefix: str
-    distribution: str
-    spec: dict
-    protect: bool
-    sources: dict[str, str]
-    inputs_digest: str
-    release_sha256: str | None
-    published_at: str
-    num_packages: int
-    linked_ns: int | None = None  # pool files recorded up to then (time.time_ns) are what the tree links
 
 
 class PackageLists:
