@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from reconciler.debian.package import Package, PackageFile
-from reconciler.state import db as statedb
+from reconciler.state import sqlite as statedb
 from reconciler.state.stores import Store
 
 
@@ -37,12 +37,12 @@ def day(n: int, d: int, churn: int) -> list[Package]:
 
 def update(store: Store, packages: list[Package], *, prune_packages: bool) -> tuple[float, float]:
     """(the final transaction, the prune in it) in seconds, as a sync makes them."""
-    with statedb.transaction(store.db):  # the first transaction: packages, the list, held
+    with store.db.transaction():  # the first transaction: packages, the list, held
         digest = store.lists.put(store.packages.add(packages))
         if prune_packages:
             store.lists.hold(1, digest)
     started = time.perf_counter()
-    with statedb.transaction(store.db):
+    with store.db.transaction():
         if prune_packages:
             store.lists.release(1)
         store.mirrors.update("m", list_digest=digest)
@@ -60,22 +60,22 @@ def measure(n: int, snapshots: int, churn: int, *, prune_packages: bool) -> tupl
     with tempfile.TemporaryDirectory() as tmp:
         db = statedb.connect(Path(tmp) / "state.db")
         store = Store(db)
-        with statedb.transaction(db):
+        with db.transaction():
             store.mirrors.create("m", owner="o", spec={}, protect=False)
         times = []
         for d in range(snapshots + 4):
             times.append(update(store, day(n, d, churn), prune_packages=prune_packages))
             if d < snapshots:
                 digest = db.execute("SELECT list_digest FROM mirrors").fetchone()[0]
-                with statedb.transaction(db):
+                with db.transaction():
                     db.execute("INSERT INTO snapshots (name, owner, spec, list_digest, created_at)"
                                " VALUES (?, 'o', '{}', ?, '')", (f"s{d}", digest))
         rows = db.execute("SELECT count(*) FROM packages").fetchone()[0]
         started = time.perf_counter()
-        with statedb.transaction(db):
+        with db.transaction():
             swept = store.packages.prune_unlisted(store.lists.held())
         sweep = time.perf_counter() - started
-        db.conn.close()
+        db.close()
         return times[snapshots:], sweep, rows, swept
 
 

@@ -204,7 +204,7 @@ def _store(ctx: tasks.Context):
         try:
             yield Store(db)
         finally:
-            db.conn.close()
+            db.close()
 
     return connect
 
@@ -405,7 +405,7 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
             try:
                 row = _found(_publish_at(Store(db), key), f"publish {key!r}")
             finally:
-                db.conn.close()
+                db.close()
             return row.name, publish.drop(ctx, row.name)  # re-checked inside its lock: protect, moved, gone
 
         name, message = await threads.run(timed(("Publish", "drop"), drop))
@@ -447,7 +447,7 @@ def _mirror_doc(ctx: tasks.Context, controller: Controller, name: str) -> tuple[
     try:
         row = Store(db).mirrors.get(name)
     finally:
-        db.conn.close()
+        db.close()
     if row is None:
         raise NotFound(f"mirror {name!r} is neither declared in the specs nor stored")
     doc = MirrorDoc.model_validate({"apiVersion": API_VERSION, "kind": "Mirror", "spec": row.spec,

@@ -31,19 +31,19 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-import sqlite3
 import threading
 import time
 import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 from reconciler.errors import LockTimeout
-from reconciler.state import db as statedb
+from reconciler.state import backend as statebackend
 
 KINDS = ("owner", "pool", "series", "mirror", "snapshot", "publish", "prefix")
 POOL = "pool"
@@ -152,9 +152,44 @@ def _backoff(delay: float) -> float:
     return min(delay * 2, 0.25)
 
 
+class LockManager(Protocol):
+    """What tasks need of locks, whatever the backend: take keys, name a holder, tell
+    whether the process that recorded a task is still there."""
+
+    def hold(self, keys: Iterable[str], *, timeout: float, description: str,
+             shared: Iterable[str] = (), db=None, task_id: int | None = None) -> AbstractContextManager[list[str]]: ...
+
+    def holder_of(self, key: str, db=None) -> str: ...
+
+    def identity(self, db) -> str:
+        """What a task row records of the process running it (`tasks.host`)."""
+        ...
+
+    def alive(self, db, pid: int, identity: str) -> bool:
+        """Is the process that recorded (`pid`, `identity`) still running?"""
+        ...
+
+
+def manager_for(backend, directory: Path) -> LockManager:
+    """The lock manager for a state backend: flock plus claim rows for SQLite, advisory
+    locks for PostgreSQL (whose processes may run on different hosts: no shared disk
+    for flock, and a pid means nothing on another host)."""
+    if backend.dialect.name == "postgresql":
+        return AdvisoryLocks(backend)
+    return Locks(directory)
+
+
 class Locks:
+    """Locks for a SQLite root: flock on ROOT/locks/ plus a claim row (see the module text)."""
+
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+
+    def identity(self, db) -> str:
+        return process_identity()
+
+    def alive(self, db, pid: int, identity: str) -> bool:
+        return alive(pid, identity)
 
     def _path(self, key: str) -> Path:
         return self.directory / (urllib.parse.quote(key, safe="") + ".lock")
@@ -201,7 +236,7 @@ class Locks:
         """Insert our row for `key` once no live conflicting holder has one."""
         delay = 0.01
         while True:
-            with statedb.transaction(db):
+            with db.transaction():
                 blocking = _conflicts(db, key, shared=shared, holder=holder)
                 if not blocking:
                     db.execute("INSERT INTO locks (key, holder, shared, task_id, pid, identity, description,"
@@ -221,7 +256,7 @@ class Locks:
             _ACTIVE.discard(holder.id)
         try:
             db.execute("DELETE FROM locks WHERE key = ? AND holder = ?", (key, holder.id))
-        except sqlite3.OperationalError:
+        except statebackend.OPERATIONAL:
             pass  # a full or read-only disk: the row names an id this process no longer holds
 
     @contextmanager
@@ -262,9 +297,7 @@ class Locks:
 
 
 def _rows(db, key: str) -> list[dict]:
-    cursor = db.conn.execute("SELECT * FROM locks WHERE key = ?", (key,))
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r)) for r in cursor.fetchall()]
+    return list(db.query("SELECT * FROM locks WHERE key = ?", (key,)))
 
 
 def _conflicts(db, key: str, *, shared: bool, holder: Holder) -> list[dict]:
@@ -281,5 +314,76 @@ def _conflicts(db, key: str, *, shared: bool, holder: Holder) -> list[dict]:
 
 
 def _describe(row: dict) -> str:
-    host = row["identity"].split(":", 1)[0] or "?"
+    identity = row["identity"]
+    host = (identity.rsplit(":", 1)[-1] if identity.startswith("pg:") else identity.split(":", 1)[0]) or "?"
     return f"{row['description']} (pid {row['pid']} on {host})"
+
+
+class AdvisoryLocks:
+    """Locks for PostgreSQL state: session-scoped advisory locks, on the task's own session.
+
+    `pg_try_advisory_lock` (exclusive) or `pg_try_advisory_lock_shared` per key, in the
+    same canonical order, polled with the same backoff until the deadline. The server
+    releases a session's locks when its connection ends, so a SIGKILLed holder on any
+    host leaves nothing held. A row in `locks` names the holder to whoever waits; a row
+    whose session is gone names nobody (`PostgresSession.alive`)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def identity(self, db) -> str:
+        return f"{db.identity()}:{socket.gethostname()}"
+
+    def alive(self, db, pid: int, identity: str) -> bool:
+        if identity.startswith("pg:"):
+            return db.alive(identity)
+        return alive(pid, identity)  # recorded by a SQLite root's process before a state copy
+
+    def holder_of(self, key: str, db=None) -> str:
+        if db is not None:
+            for row in _rows(db, key):
+                if self.alive(db, row["pid"], row["identity"]):
+                    return _describe(row)
+        return "another session"
+
+    def _take(self, db, key: str, *, shared: bool, deadline: float) -> None:
+        from reconciler.state.postgres import advisory_key
+
+        function = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        delay = 0.01
+        while not db.execute(f"SELECT {function}(?)", (advisory_key(key),)).fetchone()[0]:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"timed out waiting for lock {key}: held by {self.holder_of(key, db)}")
+            delay = _backoff(delay)
+
+    @staticmethod
+    def _release(db, key: str, *, shared: bool, holder: Holder) -> None:
+        from reconciler.state.postgres import advisory_key
+
+        function = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
+        try:
+            db.execute("DELETE FROM locks WHERE key = ? AND holder = ?", (key, holder.id))
+            db.execute(f"SELECT {function}(?)", (advisory_key(key),))
+        except statebackend.OPERATIONAL:
+            pass  # the connection is gone: so are its locks
+
+    @contextmanager
+    def hold(self, keys: Iterable[str], *, timeout: float, description: str,
+             shared: Iterable[str] = (), db=None, task_id: int | None = None) -> Iterator[list[str]]:
+        """Take every key in canonical order on `db` (a session of its own when None)."""
+        with ExitStack() as stack:
+            if db is None:
+                db = self.backend.session()
+                stack.callback(db.close)
+            holder = Holder(description, os.getpid(), socket.gethostname(), self.identity(db))
+            shared = set(shared)
+            ordered = order([*keys, *shared])
+            deadline = time.monotonic() + timeout
+            for key in ordered:
+                self._take(db, key, shared=key in shared, deadline=deadline)
+                stack.callback(self._release, db, key, shared=key in shared, holder=holder)
+                db.execute("INSERT INTO locks (key, holder, shared, task_id, pid, identity, description,"
+                           " acquired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (key, holder.id, int(key in shared), task_id, holder.pid, holder.identity,
+                            holder.description, datetime.now(timezone.utc).isoformat(timespec="seconds")))
+            yield ordered

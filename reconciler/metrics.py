@@ -73,7 +73,7 @@ class _MirrorPackages(Collector):
                 packages.add_metric([row.name], row.num_packages)
                 failed.add_metric([row.name], 1 if row.status == "failed" else 0)
         finally:
-            db.conn.close()
+            db.close()
         yield packages
         yield failed
 
@@ -102,7 +102,7 @@ class _PublishValidity(Collector):
         try:
             rows = Store(db).publishes.list()
         finally:
-            db.conn.close()
+            db.close()
         now = datetime.now(timezone.utc)
         for row in rows:
             until = treeverify.published(self.ctx.publish_root, row.prefix, row.distribution).valid_until

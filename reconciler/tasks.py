@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -32,7 +31,8 @@ from typing import TypeVar
 from reconciler import locks
 from reconciler.errors import ReconcilerError, StateError, StorageError
 from reconciler.pool import FilesystemPool
-from reconciler.state import db as statedb
+from reconciler.state import backend as statebackend
+from reconciler.state import sqlite as statesqlite
 from reconciler.state.stores import Store, now
 
 T = TypeVar("T")
@@ -66,24 +66,32 @@ class Context:
     progress: Callable[[str], object] | None = None
     create: bool = True
     clock: Callable[[], datetime] = utcnow
+    # Where the state lives (state/backend.open_backend); None: $RECONCILER_STATE, else
+    # sqlite at ROOT/state.db.
+    state: str | None = None
+    # The package pool (default ROOT/pool): several hosts on one PostgreSQL state share it.
+    pool_root: Path | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        self.pool_root = Path(self.pool_root) if self.pool_root else None
         self.publish_root = Path(self.publish_root) if self.publish_root else self.root / "public"
-        self.locks = locks.Locks(self.root / "locks")
+        self.backend = statebackend.open_backend(self.state or os.environ.get("RECONCILER_STATE"), self.root)
+        self.locks = locks.manager_for(self.backend, self.root / "locks")
         self.gnupghome = self.root / "gnupg"
-        self._db = None
+        self._db: statebackend.Session | None = None
         self._pool: FilesystemPool | None = None
         self._scratch: tempfile.TemporaryDirectory | None = None
 
     @property
-    def db_path(self) -> Path:
-        return self.root / "state.db"
+    def state_name(self) -> str:
+        """The state's place, for messages: the state.db path, or the database URL."""
+        return self.backend.describe()
 
     @property
     def pool(self) -> FilesystemPool:
         if self._pool is None:
-            self._pool = FilesystemPool(self.local("pool"))
+            self._pool = FilesystemPool(self.pool_root or self.local("pool"))
         return self._pool
 
     @pool.setter
@@ -100,47 +108,53 @@ class Context:
         return Path(self._scratch.name) / name
 
     def has_state(self) -> bool:
-        """Is there a state database (a file with content) under the root?"""
-        try:
-            return self.db_path.stat().st_size > 0
-        except FileNotFoundError:
-            return False
+        """Is there a state (a state.db with content, a database with the schema)?"""
+        return self.backend.exists()
 
-    def connect(self):
-        """A new connection: each task and each reader gets its own.
+    def connect(self) -> statebackend.Session:
+        """A new session (connection): each task and each reader gets its own.
 
-        A database that is missing, empty or blank (no row in any table) beside a pool
+        A state that is missing, empty or blank (no row in any table) beside a pool
         that holds files or a publish root that holds published trees is refused: that
         is a lost state, and treating it as a fresh root would make `list` show nothing
         and `gc` delete the pool. A read-only context gets an empty in-memory state for
         a root without one."""
         if not self.has_state():
-            self._refuse_lost("is missing" if not self.db_path.exists() else "is empty (0 bytes)")
+            self._refuse_lost(self._absence())
             if not self.create:
-                return statedb.empty()
-        db = statedb.connect(self.db_path)
-        if statedb.is_blank(db):
+                return statesqlite.empty()
+        db = self.backend.session()
+        if statebackend.is_blank(db):
             try:
                 self._refuse_lost("holds no objects and no task history")
             except StateError:
-                db.conn.close()
+                db.close()
                 raise
         return db
 
+    def _absence(self) -> str:
+        path = getattr(self.backend, "path", None)
+        if path is None:
+            return "has no reconciler schema"
+        return "is missing" if not path.exists() else "is empty (0 bytes)"
+
+    def _what_state(self) -> str:
+        return "state.db" if hasattr(self.backend, "path") else f"the database {self.state_name}"
+
     def _refuse_lost(self, what: str) -> None:
-        found = evidence(self.root / "pool", self.publish_root)
+        found = evidence(self.pool_root or self.root / "pool", self.publish_root)
         if found:
             raise StateError(
-                f"{self.db_path} {what}, but {' and '.join(found)}: the state that describes them is lost; "
-                "nothing was changed. Restore state.db from a backup (with every reconciler on this root "
-                f"stopped); or, to start over deliberately, remove {self.root / 'pool'} and the published "
-                f"trees under {self.publish_root}, then apply again (everything is downloaded again)")
+                f"{self.state_name} {what}, but {' and '.join(found)}: the state that describes them is lost; "
+                f"nothing was changed. Restore {self._what_state()} from a backup (with every reconciler on "
+                f"this root stopped); or, to start over deliberately, remove {self.pool_root or self.root / 'pool'} "
+                f"and the published trees under {self.publish_root}, then apply again (everything is downloaded again)")
 
     def store(self) -> Store:
         """A store for reads outside tasks (list, show, plan); created once per context."""
         if self._db is None:
             self._db = self.connect()
-            recover(self._db)
+            recover(self._db, self.locks)
         return Store(self._db)
 
 
@@ -212,7 +226,7 @@ class Task:
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:
-        with statedb.transaction(self.store.db):
+        with self.store.db.transaction():
             yield self.store
 
 
@@ -221,7 +235,7 @@ def _record(db, task_id: int, **values: object) -> None:
     sets = ", ".join(f"{k} = ?" for k in values)
     try:
         db.execute(f"UPDATE tasks SET {sets} WHERE id = ?", [*values.values(), task_id])
-    except sqlite3.OperationalError:
+    except statebackend.OPERATIONAL:
         if values.get("state") != "failed":
             raise
 
@@ -238,9 +252,10 @@ def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *
     keys = locks.order(keys)
     db = ctx.connect()
     try:
-        cur = db.execute("INSERT INTO tasks (name, resources, state, pid, host, created_at) VALUES (?, ?, 'queued', ?, ?, ?)",
-                         (name, json.dumps(keys), os.getpid(), locks.process_identity(), now()))
-        task = Task(cur.lastrowid, name, ctx, Store(db))
+        task_id = db.execute("INSERT INTO tasks (name, resources, state, pid, host, created_at)"
+                             " VALUES (?, ?, 'queued', ?, ?, ?) RETURNING id",
+                             (name, json.dumps(keys), os.getpid(), ctx.locks.identity(db), now())).fetchone()[0]
+        task = Task(task_id, name, ctx, Store(db))
         task.store.prune_tasks()
         shared = [locks.POOL] if pool else []
         with ctx.locks.hold(keys, timeout=ctx.lock_timeout, description=f"task {task.id} ({name})", shared=shared,
@@ -252,12 +267,12 @@ def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *
         raise
     except OSError as exc:  # disk full, read-only root: a domain error the caller reports
         raise storage_error(name, exc) from exc
-    except sqlite3.OperationalError as exc:
+    except statebackend.OPERATIONAL as exc:
         if "full" in str(exc) or "readonly" in str(exc):
             raise storage_error(name, OSError(str(exc))) from exc
         raise
     finally:
-        db.conn.close()
+        db.close()
 
 
 def _execute(task: Task, fn: Callable[[Task], T]) -> T:
@@ -275,16 +290,16 @@ def _execute(task: Task, fn: Callable[[Task], T]) -> T:
     return result
 
 
-def recover(db) -> int:
+def recover(db, manager: locks.LockManager) -> int:
     """Mark tasks left `running` or `queued` by a process that is gone as failed."""
     stale = [(tid, pid) for tid, pid, ident in
              db.execute("SELECT id, pid, host FROM tasks WHERE state IN ('running', 'queued')").fetchall()
-             if not locks.alive(pid, ident or "")]
+             if not manager.alive(db, pid, ident or "")]
     try:
         for tid, pid in stale:
             _record(db, tid, state="failed", ended_at=now(), error=f"interrupted: process {pid} is gone")
             db.execute("DELETE FROM locks WHERE task_id = ?", (tid,))
-    except sqlite3.OperationalError:
+    except statebackend.OPERATIONAL:
         return 0  # a full or read-only disk: reads still work, the next writable start recovers
     return len(stale)
 

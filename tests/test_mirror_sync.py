@@ -31,7 +31,7 @@ import pytest
 from typer.testing import CliRunner
 
 from reconciler.cli import app
-from reconciler.state import db as statedb
+from reconciler.state import sqlite as statedb
 from reconciler.state.stores import Store
 from tests.support import examples
 from tests.support.archive import DEFAULT_DATE, ArchiveBuilder, BuiltArchive, corrupt
@@ -144,7 +144,7 @@ class Rig:
             assert row is not None, f"mirror {name} does not exist"
             return {f"{p.type}:{p.ref}" for _id, p in store.packages.load(store.lists.ids(row.list_digest))}
         finally:
-            db.conn.close()
+            db.close()
 
     def state(self) -> list:
         """What users see: mirrors, snapshots and package lists (empty before the first write).

@@ -6,7 +6,7 @@ import random
 
 from reconciler import tree
 from reconciler.debian.package import Package, PackageFile
-from reconciler.state import db as statedb
+from reconciler.state import sqlite as statedb
 from reconciler.state.stores import Store
 
 

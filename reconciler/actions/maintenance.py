@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from reconciler import locks, tasks, tree
 from reconciler.errors import ReconcilerError, Refused
 from reconciler.pool import file_sha256
-from reconciler.state import db as statedb
 from reconciler.state.stores import Store
 
 
@@ -66,7 +65,7 @@ def _refuse_without_objects(task: tasks.Task) -> None:
     if db.execute("SELECT EXISTS (SELECT 1 FROM mirrors) OR EXISTS (SELECT 1 FROM snapshots)").fetchone()[0]:
         return
     if next(iter(task.pool.walk()), None) is not None:
-        raise Refused(f"gc: {task.ctx.db_path} names no mirror and no snapshot, yet the pool {task.pool.root} holds "
+        raise Refused(f"gc: the state ({task.ctx.state_name}) names no mirror and no snapshot, yet the pool {task.pool.root} holds "
                       "files; nothing was deleted. If state.db was lost or replaced, restore it from a backup; "
                       "if everything was dropped on purpose, remove the pool directory yourself")
 
@@ -85,11 +84,11 @@ def gc(ctx: tasks.Context, *, dry_run: bool = False, include_unrecorded: bool = 
                 report.lists = tx.lists.prune()
                 # Holding the pool exclusively, no task is building a list it has not stored.
                 report.packages = tx.packages.prune_unlisted(tx.lists.held())
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS live (sha256 TEXT PRIMARY KEY) WITHOUT ROWID")
+        db.execute(db.dialect.temp_table("live", "sha256 TEXT PRIMARY KEY"))
         db.execute("DELETE FROM live")
         for digest in _live_lists(db):
             ids = store.lists.ids(digest)
-            db.conn.executemany("INSERT OR IGNORE INTO live VALUES (?)",
+            db.executemany("INSERT INTO live VALUES (?) ON CONFLICT DO NOTHING",
                                 ((sha,) for sha, _size, _path in store.packages.files(ids)))
         for sha, size in task.pool.walk():
             if db.execute("SELECT 1 FROM live WHERE sha256 = ?", (sha,)).fetchone():
@@ -150,7 +149,7 @@ def verify(ctx: tasks.Context, *, deep: bool = False) -> list[str]:
             for (name,) in db.execute("SELECT name FROM publishes ORDER BY prefix, distribution").fetchall():
                 problems += _verify_publish(ctx, db, name, deep)
     finally:
-        db.conn.close()
+        db.close()
     return problems
 
 
@@ -174,9 +173,9 @@ def _reading(ctx: tasks.Context, db, keys: list[str] = (), *, shared: list[str] 
 
 def _verify_state(ctx: tasks.Context, db, deep: bool) -> list[str]:
     """The database itself, and the pool files of every list."""
-    problems = [f"state.db: {p}" for p in statedb.integrity_problems(db)]
+    problems = [f"state: {p}" for p in ctx.backend.integrity_problems(db)]
     store = Store(db)
-    problems += [f"state.db: {p}" for p in store.problems()]
+    problems += [f"state: {p}" for p in store.problems()]
     seen: set[str] = set()
     for digest in _live_lists(db):
         for sha, size, path in store.packages.files(store.lists.ids(digest)):

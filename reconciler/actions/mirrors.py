@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ from reconciler.errors import NotFound, PermanentError, PoolDamaged, ReconcilerE
 from reconciler.fetch import Fetcher, Want, join
 from reconciler.plan import removal_refusal, replay_refusal, same_content
 from reconciler.spec import MirrorDoc, MirrorSpec
+from reconciler.state import backend as statebackend
 from reconciler.state.stores import Store, now
 
 
@@ -186,7 +186,7 @@ def _record_failure(task: tasks.Task, name: str, owner: str, exc: ReconcilerErro
             row = store.mirrors.get(name)
             if exc is not None and row is not None and row.owner == owner:
                 store.mirrors.update(name, status="failed", last_error=str(exc)[:4000])
-    except (OSError, sqlite3.Error):  # a full disk: the original error is the one to report
+    except (OSError, *statebackend.DATABASE_ERRORS):  # a full disk: the original error is the one to report
         pass
 
 
@@ -274,8 +274,9 @@ class PoolRecorder:
         an import and its batch's transaction left them unrecorded, and gc leaves
         unrecorded files alone, so without this they would never be collected."""
         wants = list(wants)
-        unrecorded = {r[0] for r in self.task.store.db.execute(
-            "SELECT value FROM json_each(?) WHERE value NOT IN (SELECT sha256 FROM pool_files)",
+        db = self.task.store.db
+        unrecorded = {r[0] for r in db.execute(
+            f"SELECT value FROM {db.dialect.texts('?')} WHERE value NOT IN (SELECT sha256 FROM pool_files)",
             (json.dumps([w.sha256 for w in wants]),))}
         for want in wants:
             if want.sha256 in unrecorded and self.task.pool.has(want.sha256, want.size):

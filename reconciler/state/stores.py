@@ -11,19 +11,19 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import sqlite3
 import time
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 
-import sqlite_utils
 from pydantic import BaseModel, ValidationError
 
 from reconciler.debian.package import Package, PackageFile
 from reconciler.errors import StateError
 from reconciler.spec import MirrorSpec, PublishSpec, SnapshotSpec
+from reconciler.state import backend
+from reconciler.state.backend import Session
 from reconciler.state.rows import MirrorRow, PublishRow, SnapshotRow
 
 CHUNK = 500
@@ -76,15 +76,16 @@ def _stored_files(what: str, text: str) -> list[tuple[str, int, str]]:
 
 
 def _json_ids(ids: Sequence[int]) -> str:
-    """Ids as one JSON array parameter: `IN (SELECT value FROM json_each(?))` takes any count."""
+    """Ids as one JSON array parameter: `id IN {dialect.ids()}` takes any count."""
     return json.dumps(list(ids))
 
 
 class PackageLists:
     """Content-addressed package lists: sorted package ids, compressed, stored once per content."""
 
-    def __init__(self, db: sqlite_utils.Database):
+    def __init__(self, db: Session):
         self.db = db
+        self.d = db.dialect
 
     @staticmethod
     def encode(ids: Iterable[int]) -> tuple[bytes, int]:
@@ -112,7 +113,7 @@ class PackageLists:
         blob, count = self.encode(ids)
         values = self.decode(blob)
         digest = self.digest(values)
-        self.db.execute("INSERT OR IGNORE INTO package_lists (digest, count, ids) VALUES (?, ?, ?)",
+        self.db.execute("INSERT INTO package_lists (digest, count, ids) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                         (digest, count, blob))
         return digest
 
@@ -143,7 +144,8 @@ class PackageLists:
     def hold(self, task_id: int, digest: str) -> None:
         """Keep list `digest` (and its packages) from a prune while task `task_id` runs: it
         stored the list and switches to it later, in another transaction."""
-        self.db.execute("INSERT OR REPLACE INTO pending_lists (task_id, digest) VALUES (?, ?)", (task_id, digest))
+        self.db.execute("INSERT INTO pending_lists (task_id, digest) VALUES (?, ?)"
+                        " ON CONFLICT (task_id) DO UPDATE SET digest = excluded.digest", (task_id, digest))
 
     def release(self, task_id: int) -> None:
         """The task switched to its list (or gave up): it no longer needs holding."""
@@ -178,7 +180,7 @@ class PackageLists:
                 return len(dead)  # what a damaged list holds is unknown: delete no package
             _discard_held(candidates, held)
         if candidates:
-            self.db.execute("DELETE FROM packages WHERE id IN (SELECT value FROM json_each(?))",
+            self.db.execute(f"DELETE FROM packages WHERE id IN {self.d.ids()}",
                             (_json_ids(sorted(candidates)),))
         return len(dead)
 
@@ -205,8 +207,9 @@ def _discard_held(candidates: set[int], held: array) -> None:
 class Packages:
     """One row per distinct package file, with its control stanza."""
 
-    def __init__(self, db: sqlite_utils.Database):
+    def __init__(self, db: Session):
         self.db = db
+        self.d = db.dialect
 
     def add(self, packages: Iterable[Package]) -> list[int]:
         """Store packages not seen before; return the id of each, in order.
@@ -223,9 +226,9 @@ class Packages:
             for p in packages if p.key not in ids
         ]
         if rows:
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO packages (key, type, name, version, arch, source, sha256, size, fields, files)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany(
+                "INSERT INTO packages (key, type, name, version, arch, source, sha256, size, fields, files)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
             ids.update(self._ids([r[0] for r in rows]))
         return [ids[k] for k in keys]
 
@@ -235,7 +238,7 @@ class Packages:
         failed before storing their list."""
         ids = [r[0] for r in self.db.execute("SELECT id FROM packages") if r[0] not in held]
         for chunk in _chunks(ids):
-            self.db.execute("DELETE FROM packages WHERE id IN (SELECT value FROM json_each(?))", (_json_ids(chunk),))
+            self.db.execute(f"DELETE FROM packages WHERE id IN {self.d.ids()}", (_json_ids(chunk),))
         return len(ids)
 
     def _ids(self, keys: Sequence[str]) -> dict[str, int]:
@@ -248,14 +251,14 @@ class Packages:
     def identities(self, ids: Sequence[int]) -> Iterator[tuple[str, str, str, str]]:
         """(type, name, arch, key) of each package: what an update diff needs, without
         decoding any stanza."""
-        yield from self.db.conn.execute(
-            "SELECT type, name, arch, key FROM packages WHERE id IN (SELECT value FROM json_each(?))",
+        yield from self.db.execute(
+            f"SELECT type, name, arch, key FROM packages WHERE id IN {self.d.ids()}",
             (_json_ids(ids),))
 
     def versions(self, ids: Sequence[int]) -> Iterator[tuple[int, str, str, str, str]]:
         """(id, type, name, arch, version) of each package, without decoding any stanza."""
-        yield from self.db.conn.execute(
-            "SELECT id, type, name, arch, version FROM packages WHERE id IN (SELECT value FROM json_each(?))",
+        yield from self.db.execute(
+            f"SELECT id, type, name, arch, version FROM packages WHERE id IN {self.d.ids()}",
             (_json_ids(ids),))
 
     @staticmethod
@@ -276,54 +279,47 @@ class Packages:
                     f"SELECT id, type, name, version, arch, fields, files FROM packages WHERE id IN ({marks})", chunk):
                 yield row[0], self._package(row)
 
-    # The order a published index lists packages in. SQLite compares TEXT byte by byte
-    # (UTF-8), which is the code point order Python compares str in, so this matches
+    # The order a published index lists packages in. Text compares byte by byte (UTF-8:
+    # SQLite always, PostgreSQL because every text column is COLLATE "C"), which is the
+    # code point order Python compares str in, so this matches
     # sorting by `(p.name, p.version, p.arch, p.type)`; the id makes ties deterministic.
     ORDER = "name, version, arch, type, id"
 
     def ordered(self, ids: Sequence[int]) -> Iterator[Package]:
         """The packages of a list sorted by name, version, arch and type, streamed.
 
-        SQLite sorts (spilling to disk if it must); Python holds one row at a time, so
+        The database sorts (spilling to disk if it must); Python holds one row at a time, so
         publishing Debian's 65,000-package main costs no more memory than a small list.
         """
-        cursor = self.db.conn.execute(
-            "SELECT id, type, name, version, arch, fields, files FROM packages"
-            f" WHERE id IN (SELECT value FROM json_each(?)) ORDER BY {self.ORDER}", (_json_ids(ids),))
-        try:
-            for row in cursor:
-                yield self._package(row)
-        finally:
-            cursor.close()
+        for row in self.db.stream(
+                "SELECT id, type, name, version, arch, fields, files FROM packages"
+                f" WHERE id IN {self.d.ids()} ORDER BY {self.ORDER}", (_json_ids(ids),)):
+            yield self._package(row)
 
     def kinds(self, ids: Sequence[int]) -> set[tuple[str, str]]:
         """The distinct (type, arch) pairs in a list, without loading its packages."""
-        rows = self.db.conn.execute(
-            "SELECT DISTINCT type, arch FROM packages WHERE id IN (SELECT value FROM json_each(?))",
+        rows = self.db.execute(
+            f"SELECT DISTINCT type, arch FROM packages WHERE id IN {self.d.ids()}",
             (_json_ids(ids),))
         return {(t, a) for t, a in rows}
 
     def source_files(self, ids: Sequence[int]) -> Iterator[tuple[str, str]]:
         """(source name, file path) of every file of the packages, without decoding any
-        control stanza: SQLite takes the paths out of the stored JSON."""
+        control stanza: the database takes the paths out of the stored JSON."""
         try:
-            cursor = self.db.conn.execute(
-                "SELECT p.source, json_extract(f.value, '$[0]') FROM packages p, json_each(p.files) f"
-                " WHERE p.id IN (SELECT value FROM json_each(?))", (_json_ids(ids),))
-            try:
-                yield from cursor
-            finally:
-                cursor.close()
-        except sqlite3.OperationalError as exc:
-            if "JSON" in str(exc):
+            yield from self.db.stream(
+                f"SELECT p.source, {self.d.element('f', 0)} FROM packages p, {self.d.elements('p.files', 'f')}"
+                f" WHERE p.id IN {self.d.ids()}", (_json_ids(ids),))
+        except backend.DATABASE_ERRORS as exc:
+            if "json" in str(exc).lower():
                 self._malformed(ids)
             raise
 
     def _malformed(self, ids: Sequence[int]) -> None:
-        """Name the package whose stored files SQLite could not read as JSON."""
-        bad = self.db.conn.execute(
-            "SELECT id, name, version, arch FROM packages WHERE id IN (SELECT value FROM json_each(?))"
-            " AND NOT json_valid(files) LIMIT 1", (_json_ids(ids),)).fetchone()
+        """Name the package whose stored files the database could not read as JSON."""
+        bad = self.db.execute(
+            f"SELECT id, name, version, arch FROM packages WHERE id IN {self.d.ids()}"
+            f" AND NOT {self.d.json_valid('files')} LIMIT 1", (_json_ids(ids),)).fetchone()
         if bad:
             id_, name, version, arch = bad
             raise StateError(f"package {name}_{version}_{arch} (id {id_}): stored files is not valid JSON; "
@@ -331,12 +327,12 @@ class Packages:
 
     def files_among(self, ids: Sequence[int], shas: Iterable[str]) -> Iterator[tuple[str, int, str]]:
         """(sha256, size, path) of the files of these packages that are among `shas`;
-        SQLite reads the stored JSON (~0.1 s for 20,000 packages, half of decoding it here)."""
-        yield from self.db.conn.execute(
-            "SELECT DISTINCT json_extract(f.value, '$[2]'), json_extract(f.value, '$[1]'),"
-            " json_extract(f.value, '$[0]') FROM packages p, json_each(p.files) f"
-            " WHERE p.id IN (SELECT value FROM json_each(?))"
-            " AND json_extract(f.value, '$[2]') IN (SELECT value FROM json_each(?))",
+        the database reads the stored JSON (~0.1 s for 20,000 packages, half of decoding it here)."""
+        yield from self.db.execute(
+            f"SELECT DISTINCT {self.d.element('f', 2)}, {self.d.element('f', 1, integer=True)},"
+            f" {self.d.element('f', 0)} FROM packages p, {self.d.elements('p.files', 'f')}"
+            f" WHERE p.id IN {self.d.ids()}"
+            f" AND {self.d.element('f', 2)} IN (SELECT value FROM {self.d.texts('?')})",
             (_json_ids(ids), json.dumps(sorted(shas))))
 
     def files(self, ids: Iterable[int]) -> Iterator[tuple[str, int, str]]:
@@ -353,8 +349,9 @@ class Mirrors:
     _SELECT = ("SELECT m.*, COALESCE(l.count, 0) AS num_packages FROM mirrors m"
                " LEFT JOIN package_lists l ON l.digest = m.list_digest")
 
-    def __init__(self, db: sqlite_utils.Database):
+    def __init__(self, db: Session):
         self.db = db
+        self.d = db.dialect
 
     @staticmethod
     def _row(row: dict) -> MirrorRow:
@@ -389,8 +386,11 @@ class Mirrors:
     def rename(self, old: str, new: str) -> None:
         """Rename in place; snapshots taken from it follow, in their source and their stored spec."""
         self.db.execute("UPDATE mirrors SET name = ?, updated_at = ? WHERE name = ?", (new, now(), old))
-        self.db.execute("UPDATE snapshots SET source_mirror = ?, spec = json_set(spec, '$.mirror', ?)"
-                        " WHERE source_mirror = ?", (new, new, old))
+        for name, spec in self.db.execute("SELECT name, spec FROM snapshots WHERE source_mirror = ?",
+                                          (old,)).fetchall():
+            spec = dict(json.loads(spec), mirror=new)
+            self.db.execute("UPDATE snapshots SET source_mirror = ?, spec = ? WHERE name = ?",
+                            (new, json.dumps(spec), name))
 
     def delete(self, name: str) -> None:
         self.db.execute("DELETE FROM mirrors WHERE name = ?", (name,))
@@ -405,8 +405,9 @@ class Snapshots:
     _SELECT = ("SELECT s.*, COALESCE(l.count, 0) AS num_packages FROM snapshots s"
                " LEFT JOIN package_lists l ON l.digest = s.list_digest")
 
-    def __init__(self, db: sqlite_utils.Database):
+    def __init__(self, db: Session):
         self.db = db
+        self.d = db.dialect
 
     @staticmethod
     def _row(row: dict) -> SnapshotRow:
@@ -451,7 +452,7 @@ class Snapshots:
         follow = lambda names: [new if n == old else n for n in names]  # noqa: E731
         for name, spec, sources in self.db.execute(
                 "SELECT name, spec, source_snapshots FROM snapshots WHERE EXISTS"
-                " (SELECT 1 FROM json_each(source_snapshots) WHERE value = ?)", (old,)).fetchall():
+                f" (SELECT 1 FROM {self.d.texts('source_snapshots')} WHERE value = ?)", (old,)).fetchall():
             spec = json.loads(spec)
             spec["snapshots"] = follow(spec.get("snapshots") or [])
             self.db.execute("UPDATE snapshots SET spec = ?, source_snapshots = ? WHERE name = ?",
@@ -477,8 +478,9 @@ class Snapshots:
 
 
 class Publishes:
-    def __init__(self, db: sqlite_utils.Database):
+    def __init__(self, db: Session):
         self.db = db
+        self.d = db.dialect
 
     def _row(self, row: dict) -> PublishRow:
         row = dict(row)
@@ -523,7 +525,7 @@ class Publishes:
              inputs_digest, release_sha256, now(), linked_ns))
         pid = self.db.execute("SELECT id FROM publishes WHERE name = ?", (name,)).fetchone()[0]
         self.db.execute("DELETE FROM publish_sources WHERE publish_id = ?", (pid,))
-        self.db.conn.executemany("INSERT INTO publish_sources (publish_id, component, snapshot) VALUES (?, ?, ?)",
+        self.db.executemany("INSERT INTO publish_sources (publish_id, component, snapshot) VALUES (?, ?, ?)",
                                  [(pid, comp, snap) for comp, snap in sources.items()])
 
     def mark_linked(self, name: str, linked_ns: int) -> None:
@@ -538,8 +540,9 @@ class Owners:
     """Which spec source last applied under each owner: `apply` from another source under
     the same owner would prune everything that source does not declare."""
 
-    def __init__(self, db: sqlite_utils.Database):
+    def __init__(self, db: Session):
         self.db = db
+        self.d = db.dialect
 
     def all(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT owner, source FROM owners").fetchall())
@@ -571,8 +574,9 @@ def _error_of(load, *args) -> list[str]:
 class Store:
     """All stores over one connection: what a task's function receives."""
 
-    def __init__(self, db: sqlite_utils.Database):
+    def __init__(self, db: Session):
         self.db = db
+        self.d = db.dialect
         self.mirrors = Mirrors(db)
         self.snapshots = Snapshots(db)
         self.publishes = Publishes(db)
@@ -597,8 +601,8 @@ class Store:
                 found += _error_of(store.get, name)
         for (digest,) in self.db.execute("SELECT digest FROM package_lists ORDER BY digest"):
             found += _error_of(self.lists.ids, digest)
-        for id_, key in self.db.execute("SELECT id, key FROM packages WHERE NOT json_valid(fields)"
-                                        " OR NOT json_valid(files) ORDER BY id"):
+        for id_, key in self.db.execute(f"SELECT id, key FROM packages WHERE NOT {self.d.json_valid('fields')}"
+                                        f" OR NOT {self.d.json_valid('files')} ORDER BY id"):
             found.append(f"package {key} (id {id_}): stored fields or files are not valid JSON; {RESTORE}")
         return found
 
@@ -610,8 +614,8 @@ class Store:
         `recorded_ns`: publishes that linked the old inode before then link again."""
         self.db.execute(
             "INSERT INTO pool_files (sha256, size, imported_at, mtime_ns, ino, recorded_ns) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (sha256) DO UPDATE SET recorded_ns = CASE WHEN pool_files.ino IS excluded.ino"
-            " AND pool_files.mtime_ns IS excluded.mtime_ns THEN pool_files.recorded_ns ELSE excluded.recorded_ns END,"
+            " ON CONFLICT (sha256) DO UPDATE SET recorded_ns = CASE WHEN pool_files.ino IS NOT DISTINCT FROM excluded.ino"
+            " AND pool_files.mtime_ns IS NOT DISTINCT FROM excluded.mtime_ns THEN pool_files.recorded_ns ELSE excluded.recorded_ns END,"
             " size = excluded.size, mtime_ns = excluded.mtime_ns, ino = excluded.ino, imported_at = excluded.imported_at",
             (sha256, size, now(), mtime_ns, ino, time.time_ns()))
 
@@ -628,8 +632,8 @@ class Store:
 
     def pool_identities(self, shas: Sequence[str]) -> dict[str, tuple[int, int | None, int | None]]:
         """sha256 -> (size, mtime_ns, ino) as recorded at import, for the given files."""
-        return {sha: (size, mtime, ino) for sha, size, mtime, ino in self.db.conn.execute(
-            "SELECT sha256, size, mtime_ns, ino FROM pool_files WHERE sha256 IN (SELECT value FROM json_each(?))",
+        return {sha: (size, mtime, ino) for sha, size, mtime, ino in self.db.execute(
+            f"SELECT sha256, size, mtime_ns, ino FROM pool_files WHERE sha256 IN (SELECT value FROM {self.d.texts('?')})",
             (json.dumps(list(shas)),))}
 
     def holders(self, shas: Iterable[str]) -> dict[str, dict]:
@@ -639,10 +643,10 @@ class Store:
         wanted = set(shas)
         out: dict = {sha: {"mirrors": [], "snapshots": [], "path": sha} for sha in wanted}
         by_id: dict[int, set[str]] = {}
-        for pid, sha, path in self.db.conn.execute(
-                "SELECT p.id, json_extract(f.value, '$[2]'), json_extract(f.value, '$[0]')"
-                " FROM packages p, json_each(p.files) f"
-                " WHERE json_extract(f.value, '$[2]') IN (SELECT value FROM json_each(?))",
+        for pid, sha, path in self.db.execute(
+                f"SELECT p.id, {self.d.element('f', 2)}, {self.d.element('f', 0)}"
+                f" FROM packages p, {self.d.elements('p.files', 'f')}"
+                f" WHERE {self.d.element('f', 2)} IN (SELECT value FROM {self.d.texts('?')})",
                 (json.dumps(sorted(wanted)),)):
             by_id.setdefault(pid, set()).add(sha)
             out[sha]["path"] = path
@@ -661,7 +665,7 @@ class Store:
     def recorded_shas(self, bucket: str) -> Iterator[str]:
         """The files starting with `bucket` (two hex digits) that the database says the
         pool holds: a range of the primary key."""
-        yield from (r[0] for r in self.db.conn.execute(
+        yield from (r[0] for r in self.db.execute(
             "SELECT sha256 FROM pool_files WHERE sha256 >= ? AND sha256 < ?", (bucket, bucket + "g")))
 
     def replaced_since(self, ids: Sequence[int], since_ns: int | None) -> tuple[int, int]:
@@ -674,9 +678,9 @@ class Store:
         latest = self.db.execute("SELECT MAX(recorded_ns) FROM pool_files").fetchone()[0] or 0
         if latest <= since:
             return 0, latest
-        count = self.db.conn.execute(
-            "SELECT COUNT(DISTINCT pf.sha256) FROM packages p, json_each(p.files) f"
-            " JOIN pool_files pf ON pf.sha256 = json_extract(f.value, '$[2]')"
-            " WHERE p.id IN (SELECT value FROM json_each(?)) AND pf.recorded_ns > ?",
+        count = self.db.execute(
+            f"SELECT COUNT(DISTINCT pf.sha256) FROM packages p, {self.d.elements('p.files', 'f')}"
+            f" JOIN pool_files pf ON pf.sha256 = {self.d.element('f', 2)}"
+            f" WHERE p.id IN {self.d.ids()} AND pf.recorded_ns > ?",
             (_json_ids(ids), since)).fetchone()[0]
         return count, latest

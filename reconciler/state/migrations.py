@@ -1,10 +1,10 @@
-"""The state database: one SQLite file under the root, WAL mode, numbered migrations.
+"""The schema: one numbered list of migrations, for every backend.
 
-Every connection is opened here, so every connection gets the same settings: WAL (readers
-never block the one writer), a busy timeout (writers from other processes wait instead of
-failing), foreign keys on. `PRAGMA user_version` holds the number of the last migration
-applied; migrations run in order inside one transaction each, under an exclusive lock,
-so two processes starting on a fresh root cannot both migrate.
+Each entry is applied once, in order, in its own transaction; a backend records the
+number of the last one applied. The SQL is written once, in the subset both engines
+read; the few spellings that differ (row ids, 64-bit integers, byte strings, byte-order
+text) are translated by the backend's dialect (`Dialect.ddl`), so there is no second
+list to keep in step. Append only: a released migration is never edited.
 
 Package lists are content-addressed blobs (see docs/architecture.md): a mirror or a
 snapshot names the digest of its list, identical lists are stored once, listing objects
@@ -12,17 +12,6 @@ reads one small row each, and the package count is stored with the list it count
 """
 
 from __future__ import annotations
-
-import fcntl
-import os
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
-import sqlite_utils
-
-from reconciler.errors import StateError
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema
@@ -177,121 +166,16 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: Path, *, migrate: bool = True) -> sqlite_utils.Database:
-    """Open the state database with the project's settings; create and upgrade it if asked."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with _setup_lock(path):
-            conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=60000")
-            db = sqlite_utils.Database(conn)
-            if migrate:
-                upgrade(db)
-            else:
-                check_version(db)
-    except sqlite3.DatabaseError as exc:
-        raise StateError(_diagnose(path, exc)) from exc
-    return db
+def statements(number: int) -> list[str]:
+    """The statements of migration `number` (0-based), one by one."""
+    return [s.strip() for s in MIGRATIONS[number].split(";") if s.strip()]
 
 
-def empty() -> sqlite_utils.Database:
-    """An empty state in memory, at the current schema: what a read-only command reads
-    on a root that has no state yet, so that reading never creates a state.db."""
-    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    db = sqlite_utils.Database(conn)
-    upgrade(db)
-    return db
+def check(version: int) -> int:
+    """`version` as recorded by a backend, refused when newer than this code knows."""
+    from reconciler.errors import StateError
 
-
-# Tables any use of a root writes to: all of them empty means a fresh database (or a lost one).
-_CONTENT = ("tasks", "mirrors", "snapshots", "publishes", "packages", "pool_files")
-
-
-def is_blank(db: sqlite_utils.Database) -> bool:
-    """True when the database holds no row of any kind: never used, or emptied."""
-    query = " OR ".join(f"EXISTS (SELECT 1 FROM {table})" for table in _CONTENT)
-    return not db.execute(f"SELECT {query}").fetchone()[0]
-
-
-@contextmanager
-def _setup_lock(path: Path) -> Iterator[None]:
-    """Serialise opening: switching a new file to WAL can fail with "database is locked"
-    without waiting (SQLite does not call the busy handler there) when another process
-    is setting up the same file, as two commands started together on a fresh root do."""
-    try:
-        fd = os.open(path.with_name(path.name + ".open-lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:  # a read-only root: SQLite itself then says what is wrong
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _diagnose(path: Path, exc: sqlite3.DatabaseError) -> str:
-    """Say why the database cannot be used: a read-only root is not a corrupt database."""
-    directory = path.parent
-    if not os.access(directory, os.W_OK) or os.statvfs(directory).f_flag & os.ST_RDONLY:
-        return (f"{directory} is read-only: reconciler needs to write its state database there "
-                f"({exc}); nothing was changed")
-    if "full" in str(exc):
-        return f"{path}: the disk is full ({exc}); nothing was changed"
-    return (f"{path}: the state database cannot be used: {exc}. "
-            "Run `reconciler verify` for details, or restore it from a backup.")
-
-
-def check_version(db: sqlite_utils.Database) -> int:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StateError(f"the state database has schema version {version}, newer than this "
                          f"reconciler knows ({SCHEMA_VERSION}); upgrade reconciler")
     return version
-
-
-def upgrade(db: sqlite_utils.Database) -> None:
-    """Apply the migrations not applied yet, each in its own exclusive transaction."""
-    if check_version(db) == SCHEMA_VERSION:
-        return
-    conn = db.conn
-    conn.execute("BEGIN EXCLUSIVE")
-    try:
-        version = check_version(db)
-        for number in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[number].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number + 1}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-@contextmanager
-def transaction(db: sqlite_utils.Database, *, immediate: bool = True) -> Iterator[sqlite_utils.Database]:
-    """One transaction: all of it commits, or none of it does.
-
-    IMMEDIATE takes the write lock at the start, so a task never fails half-way with
-    "database is locked" on its first write after having read under a stale snapshot.
-    """
-    conn = db.conn
-    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-    try:
-        yield db
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def integrity_problems(db: sqlite_utils.Database) -> list[str]:
-    """What SQLite's own checks find wrong (empty when the file is sound)."""
-    rows = db.execute("PRAGMA integrity_check").fetchall()
-    problems = [r[0] for r in rows if r[0] != "ok"]
-    problems += [f"foreign key: {r}" for r in db.execute("PRAGMA foreign_key_check").fetchall()]
-    return problems
