@@ -26,6 +26,8 @@ app.add_typer(list_app, name="list")
 class State:
     root: Path = Path(".reconciler")
     publish_root: Path | None = None
+    state: str | None = None
+    pool_root: Path | None = None
 
 
 STATE = State()
@@ -44,11 +46,12 @@ def _context(*, read_only: bool = False):
     progress = None
     if sys.stderr.isatty():
         from reconciler.progress import RichProgress as progress
-    ctx = Context(STATE.root, publish_root=STATE.publish_root, progress=progress, create=not read_only)
+    ctx = Context(STATE.root, publish_root=STATE.publish_root, progress=progress, create=not read_only,
+                  state=STATE.state, pool_root=STATE.pool_root)
     ctx.store()
     if read_only and not ctx.has_state():
-        typer.echo(f"note: {ctx.root} has no state yet (no state.db): it reads as empty; nothing was created",
-                   err=True)
+        typer.echo(f"note: {ctx.root} has no state yet ({ctx.state_name} has none): it reads as empty; "
+                   "nothing was created", err=True)
     return ctx
 
 
@@ -78,11 +81,20 @@ def main_options(
     = Path(".reconciler"),
     publish_root: Annotated[Optional[Path], typer.Option(envvar="RECONCILER_PUBLISH_ROOT",
                                                          help="Where published trees go (default ROOT/public)")] = None,
+    state: Annotated[Optional[str], typer.Option(
+        "--state", envvar="RECONCILER_STATE", metavar="URL",
+        help="Where the state lives: sqlite:////PATH/state.db (default ROOT/state.db) or "
+             "postgresql://USER@HOST/DATABASE (reconciler[postgres]; shared by several hosts)")] = None,
+    pool_root: Annotated[Optional[Path], typer.Option(
+        "--pool", envvar="RECONCILER_POOL", metavar="DIR",
+        help="The package pool (default ROOT/pool); hosts sharing a PostgreSQL state share it")] = None,
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
                                           help="Print the version and exit")] = False,
 ) -> None:
     STATE.root = root
     STATE.publish_root = publish_root
+    STATE.state = state
+    STATE.pool_root = pool_root
 
 
 @app.command()
@@ -570,7 +582,7 @@ def watch(files: FilesOpt, owner: OwnerOpt = "default", log_format: LogFormatOpt
 
 def main() -> None:
     """Entry point; the last line of defence keeps tracebacks away from operators."""
-    import sqlite3
+    from reconciler.state import backend as statebackend
 
     try:
         app()
@@ -581,6 +593,6 @@ def main() -> None:
         typer.echo(f"error: {exc.strerror or exc} ({exc.filename or 'no file'}); "
                    "the state database is unchanged by the failed task", err=True)
         sys.exit(1)
-    except sqlite3.Error as exc:
+    except statebackend.DATABASE_ERRORS as exc:
         typer.echo(f"error: state database: {exc}", err=True)
         sys.exit(1)
