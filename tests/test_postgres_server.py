@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import postgres
+from tests.support import postgres, statesql
 
 psycopg = pytest.importorskip("psycopg")
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,3 +193,16 @@ def test_a_killed_session_takes_its_server_along(tmp_path):
                 os.kill(seen["server"]["pid"], signal.SIGINT)
                 wait_for(lambda: not alive(seen["server"]["pid"]))
             subprocess.run(["rm", "-rf", seen["server"]["dir"]], check=False)
+
+
+@pytest.mark.parametrize("leg", ["sqlite", "postgres"])
+def test_statesql_reads_the_backend_the_code_uses(leg, tmp_path, monkeypatch, request):
+    if leg == "postgres":
+        monkeypatch.setenv("RECONCILER_STATE", request.getfixturevalue("pg_url"))
+    else:
+        monkeypatch.delenv("RECONCILER_STATE", raising=False)
+    statesql.query(tmp_path, "CREATE TABLE t (name text, n int)")
+    statesql.query(tmp_path, "INSERT INTO t VALUES (?, ?), (?, ?)", ("a%", 1, "b", 2))
+    assert statesql.query(tmp_path, "SELECT name FROM t WHERE name LIKE 'a%' ORDER BY n") == [("a%",)]
+    assert statesql.query(tmp_path, "SELECT sum(n) FROM t WHERE name <> ?", ("a%",)) == [(2,)]
+    assert (tmp_path / "state.db").exists() == (leg == "sqlite")
