@@ -187,6 +187,7 @@ def test_upstream_replay_with_an_older_date_is_refused(world):
     ok(world.apply(world.mirror(), "--force"))
 
 
+@pytest.mark.sqlite_only
 def test_corrupted_state_database_is_a_clear_error(world, tmp_path):
     ok(world.apply(world.mirror()))
     for name in ("state.db-wal", "state.db-shm"):

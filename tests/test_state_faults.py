@@ -114,6 +114,7 @@ def state_commands(root: Root) -> list[tuple[str, ...]]:
             ("apply", "-f", str(root.specs)), ("gc",), ("verify",), ("diff", "snapshot", "s", "s")]
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("damage", ["emptied", "missing"])
 def test_a_lost_state_db_beside_a_populated_pool_is_refused_by_every_command(applied, damage):
     pool_before = applied.pool_files()
@@ -138,6 +139,7 @@ def test_a_lost_state_db_beside_a_populated_pool_is_refused_by_every_command(app
         assert not (applied.root / "state.db").exists(), "a refused command created state.db"
 
 
+@pytest.mark.sqlite_only
 def test_published_trees_alone_are_evidence_and_a_deliberate_start_over_works(applied):
     (applied.root / "state.db").unlink()
     shutil.rmtree(applied.root / "pool")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from reconciler import tree
 from reconciler.debian.package import Package, PackageFile
 from reconciler.state import sqlite as statedb
@@ -16,6 +18,7 @@ def _package(name: str, version: str, arch: str, type_: str = "deb") -> Package:
     return Package(type_, name, version, arch, {"Package": name, "Version": version, "Architecture": arch}, files)
 
 
+@pytest.mark.sqlite_only
 def test_ordered_streams_a_list_in_the_order_a_published_index_uses(tmp_path):
     names = ["a", "a+b", "a-b", "a.b", "aa", "Zed", "z", "libc6", "libc6-dev", "ünïcode", "x0", "x10", "x9"]
     versions = ["1.0", "1.0~rc1", "1.0+b1", "10.0", "2:0.1", "1.0-1"]
@@ -33,6 +36,7 @@ def test_ordered_streams_a_list_in_the_order_a_published_index_uses(tmp_path):
     assert list(store.packages.ordered([])) == [] and store.packages.kinds([]) == set()
 
 
+@pytest.mark.sqlite_only
 def test_source_files_names_every_file_without_decoding_stanzas(tmp_path):
     pkgs = [_package("hello", "1.0", "amd64"), _package("hello-doc", "1.0", "all"), _package("zed", "2", "amd64")]
     store = Store(statedb.connect(tmp_path / "state.db"))
