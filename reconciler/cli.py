@@ -21,6 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Keep Debian package repositories in the state YAML specs declare.")
 list_app = typer.Typer(no_args_is_help=True, help="List mirrors, snapshots or publishes.")
 app.add_typer(list_app, name="list")
+state_app = typer.Typer(no_args_is_help=True, help="Move the state between backends (SQLite file, PostgreSQL).")
+app.add_typer(state_app, name="state")
 
 
 class State:
@@ -578,6 +580,30 @@ def watch(files: FilesOpt, owner: OwnerOpt = "default", log_format: LogFormatOpt
     except ReconcilerError as exc:
         _fail(exc)
     raise typer.Exit(code)
+
+
+@state_app.command("copy")
+def state_copy(
+    to: Annotated[str, typer.Option("--to", metavar="URL", help="The destination: an empty PostgreSQL database "
+                                    "(postgresql://...) or a new SQLite file (sqlite:////PATH/state.db)")],
+    source: Annotated[Optional[str], typer.Option("--from", metavar="URL",
+                                                  help="The source (default: this root's state)")] = None,
+) -> None:
+    """Copy every object, package list and task of one state into another, then check that
+    both sides list the same objects and digests. Stop the reconcilers first.
+
+    Example: reconciler --root /srv/reconciler state copy --to postgresql://reconciler@db/reconciler
+    """
+    from reconciler.state import backend as statebackend
+    from reconciler.state import copy as statecopy
+
+    try:
+        src = statebackend.open_backend(source or STATE.state, STATE.root)
+        dst = statebackend.open_backend(to, STATE.root)
+        report = statecopy.copy(src, dst)
+    except ReconcilerError as exc:
+        _fail(exc)
+    typer.echo(report.line(src.describe(), dst.describe()))
 
 
 def main() -> None:

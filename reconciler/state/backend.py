@@ -86,6 +86,10 @@ class Session(Protocol):
 
     def transaction(self, *, immediate: bool = True) -> AbstractContextManager[Session]: ...
 
+    def snapshot(self) -> AbstractContextManager[Session]:
+        """Reads inside see one consistent moment of the state (nothing is written)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -165,6 +165,18 @@ class PostgresSession:
                 self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER,))
             yield self
 
+    @contextmanager
+    def snapshot(self) -> Iterator[PostgresSession]:
+        """A read-only view of one moment (REPEATABLE READ)."""
+        with self.conn.transaction():
+            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield self
+
+    def restart_ids(self, table: str) -> None:
+        """After rows were inserted with their ids: the identity continues above them."""
+        self.conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                          f" GREATEST((SELECT MAX(id) FROM {table}), 1))")
+
     def identity(self) -> str:
         """pg:PID:START of this session's server process: alive while the connection is."""
         pid, start = self.conn.execute(

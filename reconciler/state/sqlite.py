@@ -64,6 +64,16 @@ class SqliteSession:
             raise
         self.conn.execute("COMMIT")
 
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteSession]:
+        """A read-only view of one moment: a deferred transaction in WAL mode reads the
+        snapshot its first read sees, whatever commits meanwhile."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self.conn.execute("ROLLBACK")
+
     def close(self) -> None:
         self.conn.close()
 
