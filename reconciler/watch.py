@@ -1,7 +1,9 @@
 """`reconciler watch -f PATHS`: validate, plan and apply again whenever the spec files change.
 
 The edit loop of someone writing specs: save a file, see the plan, see it applied. It is
-the CLI's `plan` and `apply` run back to back (the same `reconcile` functions), with
+the CLI's `plan` and `apply` run back to back (the same `reconcile` functions; apply is
+given the plan just shown, so what is shown is what runs, each action re-checking it
+inside its lock), with
 two guards that matter while a file is half-edited: changes are debounced (nothing runs
 until the files have been quiet for a second, so an editor's save-in-several-writes is
 one run), and an invalid edit prints its errors with file:line and applies nothing, not
@@ -79,7 +81,7 @@ def _apply(ctx: tasks.Context, paths: list[Path], owner: str, echo: Callable[[st
         if not the_plan.has_changes:
             echo("no changes")
             return True
-        report = reconcile.apply(ctx, specs, options, echo=echo)
+        report = reconcile.apply(ctx, specs, options, echo=echo, plan=the_plan)  # the plan just shown
     except ReconcilerError as exc:
         echo(f"error: {exc}")
         return False
