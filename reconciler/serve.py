@@ -362,11 +362,12 @@ class _Status:
     def reported(self, report: reconcile.Report) -> None:
         self.report = {"lines": list(report.lines), "failures": list(report.failures), "changed": report.changed}
         told = set()
-        for event in report.events:
-            obj = self.objects.get((event.kind, event.name))
-            if obj is None or not event.message:
+        for event in report.events:  # an object's last word, unless one of its changes failed
+            key = (event.kind, event.name)
+            obj = self.objects.get(key)
+            if obj is None or not event.message or (key in told and obj["status"] == "Failed"):
                 continue
-            told.add((event.kind, event.name))
+            told.add(key)
             if event.outcome in (events.FAILED, events.SKIPPED):
                 obj.update(status="Failed", message=event.message)
             else:  # its action's last line: warnings come first
