@@ -23,6 +23,7 @@ This module imports nothing of the project, so any layer can subscribe.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -85,3 +86,17 @@ def printer(echo: Callable[[str], None]) -> Subscriber:
             echo(text)
 
     return show
+
+
+def log_to(log: logging.Logger) -> Subscriber:
+    """A subscriber that logs each finished change's line as one record, with its task id
+    and duration as the extras `task` and `seconds` (`--log-format json` copies them);
+    at WARNING when the change failed or was skipped."""
+
+    def record(event: Event) -> None:
+        text = event.text()
+        if text:
+            level = logging.WARNING if event.outcome in (FAILED, SKIPPED) else logging.INFO
+            log.log(level, "%s", text, extra={"seconds": round(event.seconds, 3), "task": event.task_id})
+
+    return record

@@ -288,7 +288,7 @@ class Controller:
         with self._lock:
             self._status.planned(revision, the_plan)
         report = reconcile.apply(self.ctx, specs, options, plan=the_plan, echo=_log_line,
-                                 subscribers=[self._on_event, self.metrics.observe])
+                                 subscribers=[self._on_event, events.log_to(log), self.metrics.observe])
         with self._lock:
             self._status.reported(report)
         if not report.ok:
@@ -303,13 +303,9 @@ class Controller:
         return _Outcome(True, "ReconciliationSucceeded", f"applied revision {revision} ({what})")
 
     def _on_event(self, event: events.Event) -> None:
-        """Log each change's line with its duration and task; start no change once shutdown began."""
-        if not event.finished:
-            if self.stop_event.is_set():
-                raise _Stopping()
-            return
-        if event.message:
-            log.info("%s", event.text(), extra={"seconds": round(event.seconds, 3), "task": event.task_id})
+        """Once shutdown began, start no further change: the running one has finished."""
+        if not event.finished and self.stop_event.is_set():
+            raise _Stopping()
 
 
 def _log_line(text: str) -> None:

@@ -7,6 +7,7 @@ directory, as `reconciler serve --specs` runs it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -16,6 +17,7 @@ from reconciler import events, reconcile, tasks
 from reconciler.loader import load_specs
 from reconciler.plan import Options
 from reconciler.serve import Controller, DirSource
+from tests.support.serveproc import Proc
 from tests.support.specs import mirror, publish, snapshot
 
 
@@ -151,3 +153,18 @@ def test_serve_says_no_change_from_the_events_of_its_own_plan(world):
         controller.stop()
         logger.removeHandler(logged)
         logger.setLevel(level)
+
+
+def test_watch_logs_each_change_with_its_task(world):
+    specs_dir, ctx, _archive = world
+    watcher = Proc(ctx.root, "watch", "-f", specs_dir, "--log-format", "json").start()
+    try:
+        watcher.wait_line("waiting for changes", timeout=60)
+    finally:
+        watcher.stop()
+    logged = [json.loads(line) for line in watcher.output.splitlines() if line.strip()]
+    created = next(r for r in logged if r["message"].startswith("mirror/up: created"))
+    assert (created["kind"], created["op"], created["level"]) == ("mirror", "created", "info")
+    assert tasks.get_task(ctx.store(), created["task"])["name"] == "sync mirror up"
+    assert isinstance(created["seconds"], float)
+    assert sum(r["message"].startswith("mirror/up: created") for r in logged) == 1  # logged once, not printed too
