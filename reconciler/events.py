@@ -1,9 +1,9 @@
-"""The events `reconcile.apply` emits, one pair per change of the plan it applies.
+"""The events `reconcile.apply` emits for each change of the plan it applies.
 
 `serve` (its status and log), the metrics and `watch` need to know what each change did:
-whether it changed anything, how long it took, which task ran it, why it failed. They
+whether it changed anything, how long it took, which task ran it, why it failed. serve
 used to find out by matching the printed result lines with regular expressions, which
-broke silently whenever an action's wording changed. Now each action says what it did
+would go wrong, silently, the day an action's wording changed. Now each action says what it did
 in a value (`actions.result.Result`), reconcile turns that into typed events here, and
 the CLI's lines are rendered from the same events (`printer`), so they read as before.
 
