@@ -48,6 +48,7 @@ from starlette.staticfiles import StaticFiles
 
 from reconciler import __version__, tasks, views
 from reconciler.actions import mirrors, publish, snapshots
+from reconciler.actions.result import Result
 from reconciler.errors import AuthUnavailable, InUse, NotFound, ReconcilerError, SpecError
 from reconciler.loader import Specs
 from reconciler.metrics import CONTENT_TYPE, Metrics
@@ -367,7 +368,8 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
             return mirrors.sync(ctx, doc, owner=owner, force=force)
 
         result = await threads.run(timed(("Mirror", "update"), update))
-        return {"name": name, "message": result.line(), "result": dataclasses.asdict(result)}
+        shown = {k: v for k, v in dataclasses.asdict(result).items() if k != "task_id"}  # the documented shape
+        return {"name": name, "message": result.line(), "result": shown}
 
     def dropped(kind: str, name: str, message: str) -> dict:
         warnings = []
@@ -383,13 +385,13 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
         return {401: ERROR, 404: ERROR, 429: ERROR, 503: ERROR,
                 403: {"model": ErrorBody, "description": f"in use by {users} (named in users), or protected"}}
 
-    def drop_by_name(kind: str, collection: str, users: str, action: Callable[..., str]) -> None:
+    def drop_by_name(kind: str, collection: str, users: str, action: Callable[..., Result]) -> None:
         @app.delete(f"/api/{collection}/{{name}}", tags=[collection], dependencies=guarded, response_model=Dropped,
                     responses=drop_responses(users), name=f"drop_{kind.lower()}",
                     summary=f"Drop a {kind.lower()}; refused while {users} use it unless force=1")
         async def drop(name: str, force: bool = False) -> dict:
-            message = await threads.run(timed((kind, "drop"), lambda: action(ctx, name, force=force)))
-            return dropped(kind, name, message)
+            done = await threads.run(timed((kind, "drop"), lambda: action(ctx, name, force=force)))
+            return dropped(kind, name, done.line)
 
     drop_by_name("Mirror", "mirrors", "snapshots", mirrors.drop)
     drop_by_name("Snapshot", "snapshots", "publishes", snapshots.drop)
@@ -400,7 +402,7 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
                 summary="Drop a published tree (/api/publishes/PREFIX/DIST): its dists/ and the pool "
                         "files nothing else there links")
     async def drop_publish(key: str, force: bool = False) -> dict:
-        def drop() -> tuple[str, str]:
+        def drop() -> tuple[str, Result]:
             db = ctx.connect()
             try:
                 row = _found(_publish_at(Store(db), key), f"publish {key!r}")
@@ -408,8 +410,8 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
                 db.close()
             return row.name, publish.drop(ctx, row.name)  # re-checked inside its lock: protect, moved, gone
 
-        name, message = await threads.run(timed(("Publish", "drop"), drop))
-        return dropped("Publish", name, message)
+        name, done = await threads.run(timed(("Publish", "drop"), drop))
+        return dropped("Publish", name, done.line)
 
     @app.post("/api/reconcile", tags=["reconcile"], dependencies=guarded, status_code=202,
               responses={401: ERROR, 429: ERROR, 503: ERROR, 504: {}},

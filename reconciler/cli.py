@@ -567,16 +567,19 @@ def watch(files: FilesOpt, owner: OwnerOpt = "default", log_format: LogFormatOpt
 
     from reconciler import watch as watcher
 
-    echo = typer.echo
+    from reconciler import events
+
+    echo, subscribers = typer.echo, None
     if log_format is LogFormat.json:  # each line of output one JSON record on stderr
         _logging(log_format)
         log = logging.getLogger("reconciler.watch")
+        subscribers = [events.log_to(log)]  # each change's record carries its task and seconds
 
         def echo(text: str) -> None:
             for line in str(text).splitlines():
                 (log.warning if line.startswith(("WARNING", "FAILED", "error")) else log.info)("%s", line)
     try:
-        code = watcher.run(_context(), files, owner=owner, echo=echo)
+        code = watcher.run(_context(), files, owner=owner, echo=echo, subscribers=subscribers)
     except ReconcilerError as exc:
         _fail(exc)
     raise typer.Exit(code)

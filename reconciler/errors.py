@@ -13,6 +13,9 @@ class ReconcilerError(Exception):
     """Base of every error the product raises on purpose."""
 
     http_status = 500
+    # The task that raised it, when one ran (set by `actions.result.run`): reconcile's
+    # `failed` event names it, so the task's row, output and error can be looked up.
+    task_id: int | None = None
 
 
 @dataclass(frozen=True)

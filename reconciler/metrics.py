@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from reconciler import tasks, treeverify
+from reconciler import events, tasks, treeverify
 from reconciler.pool import FilesystemPool
 from reconciler.state.stores import Store
 
@@ -50,6 +50,13 @@ class Metrics:
                                   "Unix time of the last successful reconcile", registry=r)
         r.register(_MirrorPackages(ctx))
         r.register(_PublishValidity(ctx))
+
+    def observe(self, event: events.Event) -> None:
+        """A subscriber of reconcile's events: the duration of each change whose action ran
+        (not one skipped, nor one the plan only reports: those have no line)."""
+        if event.finished and event.outcome != events.SKIPPED and event.message:
+            self.reconcile_duration.labels(event.kind, event.name).observe(event.seconds)
+            self.task_duration.labels(event.kind, event.op).observe(event.seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

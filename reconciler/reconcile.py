@@ -4,16 +4,23 @@ The CLI (`plan`, `apply`), `watch` and `serve` all come through here, so there i
 reconcile loop. Apply does not replay the plan's findings: each action is a task that
 re-derives inside its lock what is still to do (store the intent, recompute the delta inside the task); the plan only fixes the
 order and refuses up front what must not start (errors, in-use drops).
+
+What each change did is told in events (events.py), not in wording: its action returns
+a `Result` saying whether it changed anything, and apply emits `started`/`finished`
+around it to its subscribers (serve's status, log and metrics; by default a printer of
+the CLI's lines).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from reconciler import events, tasks, treeverify, upstream
 from reconciler import plan as planner
-from reconciler import tasks, treeverify, upstream
 from reconciler.actions import mirrors, owners, publish, repair, snapshots
+from reconciler.actions.result import Result
 from reconciler.errors import ReconcilerError, Refused
 from reconciler.fetch import Fetcher
 from reconciler.loader import Specs
@@ -197,48 +204,90 @@ def describe(store: Store, specs: Specs, the_plan: planner.Plan, upcoming: dict[
 
 @dataclass
 class Report:
+    """What apply did: the lines for people, the failures, and every event it emitted."""
+
     lines: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    events: list[events.Event] = field(default_factory=list)
+    claim: str | None = None  # the owner's new spec source, when apply recorded one
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
+    @property
+    def changed(self) -> list[str]:
+        """The lines of what changed state: the owner's claim, then each change's line."""
+        made = [e.message for e in self.events if e.finished and e.outcome == events.CHANGED]
+        return ([self.claim] if self.claim else []) + made
 
-def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=print) -> Report:
-    """Make the state match the specs. Refuses before touching anything when the plan has errors."""
+    def record(self, event: events.Event) -> None:
+        if not event.finished:
+            return
+        self.events.append(event)
+        if event.outcome in (events.FAILED, events.SKIPPED):
+            self.failures.append(event.message)
+        elif event.message:
+            self.lines.append(event.message)
+
+
+def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=print,
+          subscribers: list[events.Subscriber] | None = None, plan: planner.Plan | None = None) -> Report:
+    """Make the state match the specs. Refuses before touching anything when the plan has errors.
+
+    Every change of the plan gives a `started` and a `finished` event (events.py) to each
+    of `subscribers`; by default the one subscriber prints each change's line to `echo`.
+    `echo` also gets the lines that belong to no change (the owner's claim, a download's
+    retries, pool files lost). `plan`: the plan `make_plan` just made of these specs
+    and options (serve shows it in its status, then applies it); made, like apply's own,
+    from state read before any lock, because every action re-derives inside its lock
+    what is still to do."""
     options = clocked(ctx, options)
-    the_plan = make_plan(ctx, specs, options, with_probe=False)
+    the_plan = plan if plan is not None else make_plan(ctx, specs, options, with_probe=False)
     if the_plan.errors:
         raise Refused("the plan has errors; nothing was changed:\n" + "\n".join(c.text() for c in the_plan.errors))
     report = Report()
+    subscribers = [events.printer(echo)] if subscribers is None else subscribers
+
+    def emit(event: events.Event) -> None:
+        report.record(event)
+        for subscriber in subscribers:
+            subscriber(event)
+
     if options.source is not None:
-        line = owners.claim(ctx, options.owner, options.source, take_over=options.take_over)
-        if line:
-            report.lines.append(line)
-            echo(line)
+        claimed = owners.claim(ctx, options.owner, options.source, take_over=options.take_over)
+        if claimed:
+            report.claim = claimed.line
+            report.lines.append(claimed.line)
+            echo(claimed.line)
     failed: set[str] = set()
     for change in the_plan.changes:
-        blocker = _blocked(change, specs, failed)
-        if blocker:
-            report.failures.append(f"{change.kind.lower()}/{change.name}: skipped, {blocker} failed")
-            failed.add(f"{change.kind}/{change.name}")
-            echo(report.failures[-1])
-            continue
-        try:
-            line = _run(ctx, specs, change, options, echo)
-        except ReconcilerError as exc:
-            failed.add(f"{change.kind}/{change.name}")
-            report.failures.append(f"{change.kind.lower()}/{change.name}: {exc}")
-            echo(f"FAILED {report.failures[-1]}")
-            continue
-        if line:
-            report.lines.append(line)
-            echo(line)
+        _attempt(ctx, specs, change, options, failed, echo, emit)
     for line in _lost_files(ctx, specs):
         report.failures.append(line)
         echo(f"FAILED {line}")
     return report
+
+
+def _attempt(ctx: tasks.Context, specs: Specs, change: planner.Change, options: planner.Options,
+             failed: set[str], echo, emit: events.Subscriber) -> None:
+    """Run one change as its action, between its `started` and `finished` events."""
+    kind, name, op = change.kind, change.name, change.op
+    blocker = _blocked(change, specs, failed)
+    if blocker:
+        failed.add(f"{kind}/{name}")
+        emit(events.skipped(kind, name, op, blocker=blocker))
+        return
+    emit(events.started(kind, name, op))
+    began = time.monotonic()
+    try:
+        done = _run(ctx, specs, change, options, echo) or Result("", changed=False)
+    except ReconcilerError as exc:
+        failed.add(f"{kind}/{name}")
+        emit(events.failed(kind, name, op, error=str(exc), seconds=time.monotonic() - began, task_id=exc.task_id))
+        return
+    emit(events.finished(kind, name, op, changed=done.changed, seconds=time.monotonic() - began, line=done.line,
+                         task_id=done.task_id))
 
 
 def _lost_files(ctx: tasks.Context, specs: Specs) -> list[str]:
@@ -263,7 +312,8 @@ def _blocked(change: planner.Change, specs: Specs, failed: set[str]) -> str | No
 
 
 def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: planner.Options,
-         echo=None) -> str | None:
+         echo=None) -> Result | None:
+    """The change's action, and what it did; None for a change the plan only reports."""
     op, kind, name = change.op, change.kind, change.name
     if op in ("noop", "unmanaged") and kind != "Mirror" and kind != "Publish":
         return None
@@ -283,7 +333,7 @@ def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: plan
             return snapshots.drop(ctx, name, force=options.force, missing_ok=True)
         return publish.drop(ctx, name, missing_ok=True)
     if kind == "Mirror":
-        return mirrors.sync(ctx, specs.mirrors[name], owner=options.owner, force=options.force, echo=echo).line()
+        return mirrors.sync(ctx, specs.mirrors[name], owner=options.owner, force=options.force, echo=echo).result()
     if kind == "Snapshot" and "series" in change.detail:
         doc = specs.snapshots[change.detail["series"]]
         return snapshots.create(ctx, doc, owner=options.owner, name=name, series=change.detail["series"])

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from reconciler import api, reconcile, tasks
+from reconciler import api, events, reconcile, tasks
 from reconciler.errors import ReconcilerError, Refused, SpecError, TemporaryError
 from reconciler.gitsource import SourceError, UntrustedCommit
 from reconciler.loader import Specs, load_specs
@@ -55,10 +55,6 @@ log = logging.getLogger("reconciler.serve")
 BACKOFF_START = 5.0  # seconds before the first retry; doubles per failure, capped at the interval
 DIR_POLL = 2.0  # a spec directory is re-hashed this often (a few small files)
 GIT_POLL = 60.0  # a git ref is checked at most this often (one request)
-_OBJECT = re.compile(r"^(?:FAILED )?(mirror|snapshot|publish)/([^:\s]+)")
-# How an action's result line says it found nothing to do (actions/*: "up to date",
-# a drop of what is gone, a create of what exists, an adopt of what is owned already).
-_UNCHANGED = re.compile(r"^(?:mirror|snapshot|publish)/[^:\s]+: (?:up to date|already gone|exists \(|already owned by)")
 
 
 class Source(Protocol):
@@ -122,7 +118,8 @@ def source_identity(described: dict) -> str:
 
 
 class _Stopping(Exception):
-    """Raised from apply's echo once shutdown began: no new task starts after the running one."""
+    """Raised from apply's `started` event once shutdown began: no new task starts after
+    the running one."""
 
 
 @dataclass
@@ -290,51 +287,31 @@ class Controller:
         the_plan = reconcile.make_plan(self.ctx, specs, options, with_probe=False)
         with self._lock:
             self._status.planned(revision, the_plan)
-        progress = _Progress(self)
-        report = reconcile.apply(self.ctx, specs, options, echo=progress)
+        report = reconcile.apply(self.ctx, specs, options, plan=the_plan, echo=_log_line,
+                                 subscribers=[self._on_event, events.log_to(log), self.metrics.observe])
         with self._lock:
-            self._status.reported(report, progress.lines)
+            self._status.reported(report)
         if not report.ok:
             return _Outcome(False, "ReconcileFailed", f"revision {revision}: {len(report.failures)} change(s) "
                                                       f"failed: " + "; ".join(report.failures))
         with self._lock:
             self._status.applied(revision)
-        changed = changes_made(report.lines)
+        # The plan serve applies is made without probes, so every mirror in it reads "check
+        # upstream": what changed is known only from what each action says it did.
+        changed = report.changed
         what = f"{len(changed)} change(s)" if changed else "no change"
         return _Outcome(True, "ReconciliationSucceeded", f"applied revision {revision} ({what})")
 
-
-def changes_made(lines: list[str]) -> list[str]:
-    """The lines of a report whose action changed something. The plan serve applies is made
-    without probes, so every mirror in it reads "check upstream": what changed is only
-    known from what each action says it did (its last line; warnings come first)."""
-    return [line for line in lines if not _UNCHANGED.match(line.splitlines()[-1] if line else "")]
-
-
-class _Progress:
-    """apply's `echo`: apply echoes one line per change it ran, once it ran. So the time
-    since the previous line is that change's duration, and the moment to stop between
-    tasks on shutdown."""
-
-    def __init__(self, controller: Controller):
-        self.controller = controller
-        self.mark = time.monotonic()
-        self.lines: dict[tuple[str, str], str] = {}
-
-    def __call__(self, text: str) -> None:
-        now_ = time.monotonic()
-        seconds, self.mark = now_ - self.mark, now_
-        log.info("%s", text, extra={"seconds": round(seconds, 3)})
-        found = [m for m in map(_OBJECT.match, text.splitlines()) if m]
-        if found:
-            kind, name = found[-1].group(1).capitalize(), found[-1].group(2)
-            self.lines[(kind, name)] = text.splitlines()[-1]
-            metrics = self.controller.metrics
-            metrics.reconcile_duration.labels(kind, name).observe(seconds)
-            op = self.controller._status.op_of(kind, name)
-            metrics.task_duration.labels(kind, op).observe(seconds)
-        if self.controller.stop_event.is_set():
+    def _on_event(self, event: events.Event) -> None:
+        """Once shutdown began, start no further change: the running one has finished."""
+        if not event.finished and self.stop_event.is_set():
             raise _Stopping()
+
+
+def _log_line(text: str) -> None:
+    """apply's `echo` in serve: the lines that belong to no change (the owner's claim, a
+    download's retries, lost pool files)."""
+    log.info("%s", text)
 
 
 class _Status:
@@ -378,23 +355,21 @@ class _Status:
                                            "message": c.reason}
                         for c in the_plan.changes}
 
-    def op_of(self, kind: str, name: str) -> str:
-        return self.objects.get((kind, name), {}).get("op", "unknown")
-
-    def reported(self, report, lines: dict[tuple[str, str], str]) -> None:
-        self.report = {"lines": list(report.lines), "failures": list(report.failures),
-                       "changed": changes_made(report.lines)}
-        failed = {}
-        for failure in report.failures:
-            match = _OBJECT.match(failure)
-            if match:
-                failed[(match.group(1).capitalize(), match.group(2))] = failure
+    def reported(self, report: reconcile.Report) -> None:
+        self.report = {"lines": list(report.lines), "failures": list(report.failures), "changed": report.changed}
+        told = set()
+        for event in report.events:  # an object's last word, unless one of its changes failed
+            key = (event.kind, event.name)
+            obj = self.objects.get(key)
+            if obj is None or not event.message or (key in told and obj["status"] == "Failed"):
+                continue
+            told.add(key)
+            if event.outcome in (events.FAILED, events.SKIPPED):
+                obj.update(status="Failed", message=event.message)
+            else:  # its action's last line: warnings come first
+                obj.update(status="Current", message=event.message.splitlines()[-1])
         for key, obj in self.objects.items():
-            if key in failed:
-                obj.update(status="Failed", message=failed[key])
-            elif key in lines:
-                obj.update(status="Current", message=lines[key])
-            elif obj["status"] == "Pending":
+            if key not in told and obj["status"] == "Pending":
                 obj["status"] = "Current" if obj["op"] == "unmanaged" else "Unknown"
 
     def applied(self, revision: str) -> None:

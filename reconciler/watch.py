@@ -1,7 +1,9 @@
 """`reconciler watch -f PATHS`: validate, plan and apply again whenever the spec files change.
 
 The edit loop of someone writing specs: save a file, see the plan, see it applied. It is
-the CLI's `plan` and `apply` run back to back (the same `reconcile` functions), with
+the CLI's `plan` and `apply` run back to back (the same `reconcile` functions; apply is
+given the plan just shown, so what is shown is what runs, each action re-checking it
+inside its lock), with
 two guards that matter while a file is half-edited: changes are debounced (nothing runs
 until the files have been quiet for a second, so an editor's save-in-several-writes is
 one run), and an invalid edit prints its errors with file:line and applies nothing, not
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
-from reconciler import reconcile, tasks
+from reconciler import events, reconcile, tasks
 from reconciler.errors import ReconcilerError, SpecError
 from reconciler.loader import load_specs, source_identity
 from reconciler.plan import Options
@@ -29,8 +31,11 @@ STOP_CHECK_MS = 500  # how often the watcher looks at signals
 
 
 def run(ctx: tasks.Context, paths: Iterable[Path], *, owner: str = "default",
-        echo: Callable[[str], None] = print) -> int:
-    """Apply now, then after every change; returns 0 when stopped by a signal."""
+        echo: Callable[[str], None] = print, subscribers: list[events.Subscriber] | None = None) -> int:
+    """Apply now, then after every change; returns 0 when stopped by a signal.
+
+    `subscribers` receive apply's events (default: each change's line printed to `echo`;
+    `--log-format json` logs them with their task and duration instead)."""
     import watchfiles
 
     paths = [Path(p).absolute() for p in paths]
@@ -39,26 +44,28 @@ def run(ctx: tasks.Context, paths: Iterable[Path], *, owner: str = "default",
         events = watchfiles.watch(*_targets(paths), watch_filter=_filter(paths), step=DEBOUNCE_MS,
                                   debounce=10 * DEBOUNCE_MS, rust_timeout=STOP_CHECK_MS, yield_on_timeout=True)
         next(events)  # the watcher is live from here: an edit made during a run is kept for the next one
-        apply_once(ctx, paths, owner=owner, echo=echo)
+        apply_once(ctx, paths, owner=owner, echo=echo, subscribers=subscribers)
         for changes in events:
             if not changes:
                 continue  # a timeout: the moment to notice a signal
             names = sorted({Path(p).name for _change, p in changes})
             echo(f"[{datetime.now():%H:%M:%S}] changed: {', '.join(names)}")
-            apply_once(ctx, paths, owner=owner, echo=echo)
+            apply_once(ctx, paths, owner=owner, echo=echo, subscribers=subscribers)
     except KeyboardInterrupt:
         echo("watch: stopped")
     return 0
 
 
-def apply_once(ctx: tasks.Context, paths: list[Path], *, owner: str, echo: Callable[[str], None]) -> bool:
+def apply_once(ctx: tasks.Context, paths: list[Path], *, owner: str, echo: Callable[[str], None],
+               subscribers: list[events.Subscriber] | None = None) -> bool:
     """Validate, plan, print the plan, apply; True when everything was applied."""
-    ok = _apply(ctx, paths, owner, echo)
+    ok = _apply(ctx, paths, owner, echo, subscribers)
     echo(f"watch: waiting for changes in {', '.join(map(str, paths))}")
     return ok
 
 
-def _apply(ctx: tasks.Context, paths: list[Path], owner: str, echo: Callable[[str], None]) -> bool:
+def _apply(ctx: tasks.Context, paths: list[Path], owner: str, echo: Callable[[str], None],
+           subscribers: list[events.Subscriber] | None) -> bool:
     try:
         specs = load_specs(paths)
     except SpecError as exc:
@@ -79,7 +86,8 @@ def _apply(ctx: tasks.Context, paths: list[Path], owner: str, echo: Callable[[st
         if not the_plan.has_changes:
             echo("no changes")
             return True
-        report = reconcile.apply(ctx, specs, options, echo=echo)
+        report = reconcile.apply(ctx, specs, options, echo=echo, subscribers=subscribers,
+                                 plan=the_plan)  # the plan just shown
     except ReconcilerError as exc:
         echo(f"error: {exc}")
         return False

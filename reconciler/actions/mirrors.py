@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from reconciler import loader, locks, tasks, upstream
 from reconciler.actions import guards, repair
+from reconciler.actions.result import Result, run, unchanged
 from reconciler.errors import NotFound, PermanentError, PoolDamaged, ReconcilerError, Refused
 from reconciler.fetch import Fetcher, Want, join
 from reconciler.plan import removal_refusal, replay_refusal, same_content
@@ -27,11 +28,10 @@ from reconciler.state import backend as statebackend
 from reconciler.state.stores import Store, now
 
 
-
 @dataclass
 class SyncResult:
     name: str
-    action: str  # created | updated | up-to-date | edited
+    action: str  # created | updated | up-to-date | repaired
     added: int = 0
     changed: int = 0
     removed: int = 0
@@ -39,6 +39,12 @@ class SyncResult:
     bytes: int = 0
     packages: int = 0
     warnings: list[str] = field(default_factory=list)
+    task_id: int | None = None  # the sync task (not part of the API's `result`)
+
+    def result(self) -> Result:
+        """As an action's Result: changed unless up to date (a mirror whose flags, such as
+        protect or its keyring digests, were rewritten in place reads up to date)."""
+        return Result(self.line(), changed=self.action != "up-to-date", task_id=self.task_id)
 
     def line(self) -> str:
         warn = "".join(f"WARNING: {w}\n" for w in self.warnings)
@@ -115,7 +121,7 @@ def sync(ctx: tasks.Context, doc: MirrorDoc, *, owner: str = "default", force: b
             if fetcher is None:
                 own.close()
 
-    return tasks.run(ctx, f"sync mirror {name}", [locks.mirror(name)], body)
+    return run(ctx, f"sync mirror {name}", [locks.mirror(name)], body)
 
 
 def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher: Fetcher) -> SyncResult:
@@ -291,15 +297,15 @@ class PoolRecorder:
         self.pending, self.last = [], time.monotonic()
 
 
-def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool = False) -> str:
+def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool = False) -> Result:
     """Drop mirror NAME unless snapshots were taken from it (or `force`) or it is protected."""
 
-    def body(task: tasks.Task) -> str:
+    def body(task: tasks.Task) -> Result:
         with task.transaction() as store:
             row = store.mirrors.get(name)
             if row is None:
                 if missing_ok:
-                    return f"mirror/{name}: already gone"
+                    return unchanged(f"mirror/{name}: already gone")
                 raise NotFound(f"mirror {name!r} does not exist")
             users = store.mirrors.users(name)
             guards.check_drop(f"mirror/{name}", protect=row.protect, users=[f"snapshot/{u}" for u in users],
@@ -308,21 +314,21 @@ def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool
             store.lists.prune()
         message = f"mirror/{name}: dropped" + (f" (snapshots {', '.join(users)} keep their packages)" if users else "")
         task.log(message)
-        return message
+        return Result(message)
 
-    return tasks.run(ctx, f"drop mirror {name}", [locks.mirror(name)], body)
+    return run(ctx, f"drop mirror {name}", [locks.mirror(name)], body)
 
 
-def rename(ctx: tasks.Context, old: str, new: str) -> str:
+def rename(ctx: tasks.Context, old: str, new: str) -> Result:
     """Rename in place, no download; checked inside the lock on both names."""
 
-    def body(task: tasks.Task) -> str:
+    def body(task: tasks.Task) -> Result:
         with task.transaction() as store:
             if store.mirrors.get(old) is None:
                 raise NotFound(f"mirror {old!r} does not exist (rename to {new!r})")
             if store.mirrors.get(new) is not None:
                 raise Refused(f"cannot rename mirror/{old} to {new!r}: that name is taken")
             store.mirrors.rename(old, new)
-        return f"mirror/{old}: renamed to {new}"
+        return Result(f"mirror/{old}: renamed to {new}")
 
-    return tasks.run(ctx, f"rename mirror {old} -> {new}", [locks.mirror(old), locks.mirror(new)], body)
+    return run(ctx, f"rename mirror {old} -> {new}", [locks.mirror(old), locks.mirror(new)], body)

@@ -12,17 +12,18 @@ routine apply pays one read.
 from __future__ import annotations
 
 from reconciler import locks, tasks
+from reconciler.actions.result import Result, run, unchanged
 from reconciler.errors import NotFound, Refused
 
 TABLES = {"Mirror": "mirrors", "Snapshot": "snapshots", "Publish": "publishes"}
 
 
-def claim(ctx: tasks.Context, owner: str, source: str, *, take_over: bool = False) -> str | None:
+def claim(ctx: tasks.Context, owner: str, source: str, *, take_over: bool = False) -> Result | None:
     """Record `source` as the spec source of `owner`; refuse another source unless `take_over`."""
     if ctx.store().owners.get(owner) == source:
         return None  # the common case: the same source again, nothing to write
 
-    def body(task: tasks.Task) -> str:
+    def body(task: tasks.Task) -> Result:
         with task.transaction() as store:
             held = store.owners.get(owner)  # fresh, inside the lock
             if held not in (None, source) and not take_over:
@@ -31,12 +32,12 @@ def claim(ctx: tasks.Context, owner: str, source: str, *, take_over: bool = Fals
             store.owners.claim(owner, source)
         message = f"owner/{owner}: applied from {source}" + (f" (was {held})" if held else "")
         task.log(message)
-        return message
+        return Result(message)
 
-    return tasks.run(ctx, f"claim owner {owner}", [locks.owner(owner)], body, pool=False)
+    return run(ctx, f"claim owner {owner}", [locks.owner(owner)], body, pool=False)
 
 
-def adopt(ctx: tasks.Context, kind: str, name: str, owner: str) -> str:
+def adopt(ctx: tasks.Context, kind: str, name: str, owner: str) -> Result:
     """Make `owner` the owner of object KIND/NAME (what `--take-over` plans)."""
     table = TABLES[kind]
     before = ctx.store().publishes.get(name) if kind == "Publish" else None
@@ -47,7 +48,7 @@ def adopt(ctx: tasks.Context, kind: str, name: str, owner: str) -> str:
     else:
         keys = [locks.mirror(name) if kind == "Mirror" else locks.snapshot(name)]
 
-    def body(task: tasks.Task) -> str:
+    def body(task: tasks.Task) -> Result:
         with task.transaction() as store:
             row = getattr(store, table).get(name)  # fresh, inside the lock
             if row is None:
@@ -55,10 +56,10 @@ def adopt(ctx: tasks.Context, kind: str, name: str, owner: str) -> str:
             if kind == "Publish" and (row.prefix, row.distribution) != (before.prefix, before.distribution):
                 raise Refused(f"publish/{name} moved while waiting for the lock; run again")
             if row.owner == owner:
-                return f"{kind.lower()}/{name}: already owned by {owner!r}"
+                return unchanged(f"{kind.lower()}/{name}: already owned by {owner!r}")
             store.owners.adopt(table, name, owner)
         message = f"{kind.lower()}/{name}: taken over from owner {row.owner!r} by {owner!r}"
         task.log(message)
-        return message
+        return Result(message)
 
-    return tasks.run(ctx, f"adopt {kind.lower()} {name}", keys, body, pool=False)
+    return run(ctx, f"adopt {kind.lower()} {name}", keys, body, pool=False)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from reconciler import gpg, loader, locks, tasks, tree, treeverify
 from reconciler.actions import guards
+from reconciler.actions.result import Result, run, unchanged
 from reconciler.debian.package import Package
 from reconciler.errors import NotFound, PermanentError, PoolDamaged, Refused
 from reconciler.plan import inputs_digest, published_inputs, resolve_sources, tree_repair
@@ -66,14 +67,14 @@ def stream_components(store: Store, sources: dict[str, str]) -> tuple[dict[str, 
     return streams, kinds
 
 
-def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> str:
+def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> Result:
     name, spec = doc.metadata.name, doc.spec
     store = ctx.store()
     sources = resolve_sources(doc, {r.name: r for r in store.snapshots.list()})
     before = store.publishes.get(name)
     where = (before.prefix, before.distribution) if before else None
 
-    def body(task: tasks.Task) -> str:
+    def body(task: tasks.Task) -> Result:
         store = task.store
         fresh = resolve_sources(doc, {r.name: r for r in store.snapshots.list()})
         if fresh != sources:
@@ -133,12 +134,12 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> s
             message += (f"; {len(result.confirmed)} pool file(s) had changed on disk since they were verified: "
                         "hashed again, sound")
         task.log(message)
-        return message
+        return Result(message)
 
-    return tasks.run(ctx, f"publish {name}", _keys(doc, sources, where), body)
+    return run(ctx, f"publish {name}", _keys(doc, sources, where), body)
 
 
-def _record_unchanged(task: tasks.Task, doc: PublishDoc, current, sources: dict[str, str], digest: str) -> str:
+def _record_unchanged(task: tasks.Task, doc: PublishDoc, current, sources: dict[str, str], digest: str) -> Result:
     """The tree already holds exactly these inputs; still record what the spec now says.
 
     A series member with the same content as the one published, or a flag such as
@@ -150,16 +151,16 @@ def _record_unchanged(task: tasks.Task, doc: PublishDoc, current, sources: dict[
     name, wanted = doc.metadata.name, doc.spec.model_dump(mode="json")
     if (current.sources, current.protect, current.spec, current.inputs_digest) == \
             (sources, doc.metadata.protect, wanted, digest):
-        return f"publish/{name}: up to date"
+        return unchanged(f"publish/{name}: up to date")
     with task.transaction() as tx:
         tx.publishes.save(name, owner=current.owner, prefix=current.prefix, distribution=current.distribution,
                           spec=wanted, protect=doc.metadata.protect, sources=sources,
                           inputs_digest=digest, release_sha256=current.release_sha256)
     moved = {c: s for c, s in sources.items() if current.sources.get(c) != s}
     what = ", ".join(f"{c}: {current.sources.get(c, '-')} -> {s}" for c, s in moved.items()) or "spec recorded"
-    message = f"publish/{name}: {what} (same content, tree unchanged)"
+    message = f"publish/{name}: {what} (same content, tree unchanged)"  # the row changed
     task.log(message)
-    return message
+    return Result(message)
 
 
 def _damaged(task: tasks.Task, name: str, exc: PoolDamaged) -> PoolDamaged:
@@ -258,18 +259,18 @@ def _cleanup(task: tasks.Task, prefix: str, name: str, mine: set[str]) -> None:
     tree.cleanup_pool(task.ctx.publish_root, prefix, keep)
 
 
-def drop(ctx: tasks.Context, name: str, *, missing_ok: bool = False) -> str:
+def drop(ctx: tasks.Context, name: str, *, missing_ok: bool = False) -> Result:
     row = ctx.store().publishes.get(name)
     if row is None:
         if missing_ok:
-            return f"publish/{name}: already gone"
+            return unchanged(f"publish/{name}: already gone")
         raise NotFound(f"publish {name!r} does not exist")
     keys = [locks.publish(row.prefix, row.distribution), locks.prefix(row.prefix)]
 
-    def body(task: tasks.Task) -> str:
+    def body(task: tasks.Task) -> Result:
         fresh = task.store.publishes.get(name)
         if fresh is None:
-            return f"publish/{name}: already gone"
+            return unchanged(f"publish/{name}: already gone")
         guards.check_drop(f"publish/{name}", protect=fresh.protect, users=[], force=False)
         if (fresh.prefix, fresh.distribution) != (row.prefix, row.distribution):
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
@@ -278,8 +279,8 @@ def drop(ctx: tasks.Context, name: str, *, missing_ok: bool = False) -> str:
             tx.publishes.delete(name)
         _cleanup(task, fresh.prefix, name, set())
         task.log(f"publish/{name}: dropped {fresh.prefix}/{fresh.distribution}")
-        return f"publish/{name}: dropped"
+        return Result(f"publish/{name}: dropped")
 
-    return tasks.run(ctx, f"drop publish {name}", keys, body)
+    return run(ctx, f"drop publish {name}", keys, body)
 
 

@@ -12,6 +12,7 @@ import json
 
 from reconciler import locks, tasks, upstream
 from reconciler.actions import guards
+from reconciler.actions.result import Result, run, unchanged
 from reconciler.debian.query import version_key
 from reconciler.errors import NotFound, Refused
 from reconciler.plan import SNAPSHOT_CONTENT, package_diff
@@ -24,7 +25,7 @@ def _content(spec: dict) -> dict:
 
 
 def create(ctx: tasks.Context, doc: SnapshotDoc, *, owner: str = "default", name: str | None = None,
-           series: str | None = None, replace: bool = False) -> str:
+           series: str | None = None, replace: bool = False) -> Result:
     """Create snapshot `name` (default the doc's name); an identical existing one is a no-op.
 
     With `replace`, an existing snapshot of other content gets the new content in place,
@@ -36,13 +37,13 @@ def create(ctx: tasks.Context, doc: SnapshotDoc, *, owner: str = "default", name
     keys = [locks.snapshot(name)]
     keys += [locks.mirror(spec.mirror)] if spec.mirror else [locks.snapshot(s) for s in spec.snapshots]
 
-    def body(task: tasks.Task) -> str:
+    def body(task: tasks.Task) -> Result:
         store = task.store
         wanted = spec.model_dump(mode="json")
         existing = store.snapshots.get(name)  # fresh, inside the lock
         if existing is not None:
             if _content(existing.spec) == _content(wanted):
-                return f"snapshot/{name}: exists ({existing.num_packages} packages)"
+                return unchanged(f"snapshot/{name}: exists ({existing.num_packages} packages)")
             if not replace:
                 raise Refused(f"snapshot/{name} exists with different content; snapshots are immutable: "
                               f"give the new content a new name (or --replace {name})")
@@ -66,9 +67,9 @@ def create(ctx: tasks.Context, doc: SnapshotDoc, *, owner: str = "default", name
             message = (f"WARNING: snapshot/{name}: filter {spec.filter!r} matches no package; the snapshot is "
                        "empty. Check its spelling (`reconciler packages QUERY` tries a query)\n" + message)
         task.log(message)
-        return message
+        return Result(message)
 
-    return tasks.run(ctx, f"create snapshot {name}", keys, body)
+    return run(ctx, f"create snapshot {name}", keys, body)
 
 
 def _mirror_ids(store: Store, mirror: str) -> list[int]:
@@ -123,50 +124,50 @@ def _filter(store: Store, ids: list[int], text: str, with_deps: bool) -> list[in
     return [by_key[p.key] for p in chosen]
 
 
-def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool = False) -> str:
-    def body(task: tasks.Task) -> str:
+def drop(ctx: tasks.Context, name: str, *, force: bool = False, missing_ok: bool = False) -> Result:
+    def body(task: tasks.Task) -> Result:
         with task.transaction() as store:
             row = store.snapshots.get(name)
             if row is None:
                 if missing_ok:
-                    return f"snapshot/{name}: already gone"
+                    return unchanged(f"snapshot/{name}: already gone")
                 raise NotFound(f"snapshot {name!r} does not exist")
             users = [f"publish/{u}" for u in store.snapshots.users(name)]
             guards.check_drop(f"snapshot/{name}", protect=row.protect, users=users, force=force)
             store.snapshots.delete(name)
             store.lists.prune()
         task.log(f"snapshot/{name}: dropped")
-        return f"snapshot/{name}: dropped"
+        return Result(f"snapshot/{name}: dropped")
 
-    return tasks.run(ctx, f"drop snapshot {name}", [locks.snapshot(name)], body)
+    return run(ctx, f"drop snapshot {name}", [locks.snapshot(name)], body)
 
 
-def set_protect(ctx: tasks.Context, name: str, protect: bool) -> str:
+def set_protect(ctx: tasks.Context, name: str, protect: bool) -> Result:
     """Set or clear `metadata.protect`: the one thing about a snapshot that may change."""
 
-    def body(task: tasks.Task) -> str:
+    def body(task: tasks.Task) -> Result:
         with task.transaction() as store:
             if store.snapshots.get(name) is None:
                 raise NotFound(f"snapshot {name!r} does not exist")
             store.snapshots.update(name, protect=int(protect))
         message = f"snapshot/{name}: protect {'set' if protect else 'cleared'}"
         task.log(message)
-        return message
+        return Result(message)
 
-    return tasks.run(ctx, f"protect snapshot {name}", [locks.snapshot(name)], body, pool=False)
+    return run(ctx, f"protect snapshot {name}", [locks.snapshot(name)], body, pool=False)
 
 
-def rename(ctx: tasks.Context, old: str, new: str) -> str:
-    def body(task: tasks.Task) -> str:
+def rename(ctx: tasks.Context, old: str, new: str) -> Result:
+    def body(task: tasks.Task) -> Result:
         with task.transaction() as store:
             if store.snapshots.get(old) is None:
                 raise NotFound(f"snapshot {old!r} does not exist (rename to {new!r})")
             if store.snapshots.get(new) is not None:
                 raise Refused(f"cannot rename snapshot/{old} to {new!r}: that name is taken")
             store.snapshots.rename(old, new)
-        return f"snapshot/{old}: renamed to {new}"
+        return Result(f"snapshot/{old}: renamed to {new}")
 
-    return tasks.run(ctx, f"rename snapshot {old} -> {new}", [locks.snapshot(old), locks.snapshot(new)], body)
+    return run(ctx, f"rename snapshot {old} -> {new}", [locks.snapshot(old), locks.snapshot(new)], body)
 
 
 def diff(store: Store, a: str, b: str) -> dict[str, list]:
