@@ -190,7 +190,10 @@ class AdvisoryLeadership(Leadership):
     def _drop(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
-            session.close()
+            try:  # unlocked now: the server ends a closed session's locks a moment later
+                session.execute("SELECT pg_advisory_unlock_all()")
+            finally:
+                session.close()
 
 
 def for_context(ctx: tasks.Context, **kwargs) -> Leadership:
