@@ -469,7 +469,7 @@ class LogFormat(str, Enum):
 
 LogFormatOpt = Annotated[LogFormat, typer.Option("--log-format", help="text for a terminal; json: one object a "
                                                                      "line (time, level, message, kind, name, op, "
-                                                                     "seconds) for a log collector")]
+                                                                     "task, seconds) for a log collector")]
 
 
 def _logging(fmt: LogFormat) -> None:

@@ -29,6 +29,7 @@ fetcher's threads together: one token bucket (`RateLimit`) that every read draws
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import http.client
 import io
@@ -301,7 +302,9 @@ class Fetcher:
         if self.progress:
             self.progress.start(len(todo), sum(w.size for w in todo))
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as ex:
-            futures = {ex.submit(self._one, want, pool): want for want in todo}
+            # each download runs in a copy of this thread's context, so what it logs names
+            # the task it is part of (tasks.current); one copy each: a context runs in one thread
+            futures = {ex.submit(contextvars.copy_context().run, self._one, want, pool): want for want in todo}
             for future in as_completed(futures):
                 want = futures[future]
                 try:

@@ -213,10 +213,11 @@ def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=pr
         raise Refused("the plan has errors; nothing was changed:\n" + "\n".join(c.text() for c in the_plan.errors))
     report = Report()
     if options.source is not None:
-        line = owners.claim(ctx, options.owner, options.source, take_over=options.take_over)
-        if line:
-            report.lines.append(line)
-            echo(line)
+        with tasks.scope():
+            line = owners.claim(ctx, options.owner, options.source, take_over=options.take_over)
+            if line:
+                report.lines.append(line)
+                echo(line)
     failed: set[str] = set()
     for change in the_plan.changes:
         blocker = _blocked(change, specs, failed)
@@ -225,16 +226,17 @@ def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=pr
             failed.add(f"{change.kind}/{change.name}")
             echo(report.failures[-1])
             continue
-        try:
-            line = _run(ctx, specs, change, options, echo)
-        except ReconcilerError as exc:
-            failed.add(f"{change.kind}/{change.name}")
-            report.failures.append(f"{change.kind.lower()}/{change.name}: {exc}")
-            echo(f"FAILED {report.failures[-1]}")
-            continue
-        if line:
-            report.lines.append(line)
-            echo(line)
+        with tasks.scope():  # the line echoed about a change carries its task's id in the logs
+            try:
+                line = _run(ctx, specs, change, options, echo)
+            except ReconcilerError as exc:
+                failed.add(f"{change.kind}/{change.name}")
+                report.failures.append(f"{change.kind.lower()}/{change.name}: {exc}")
+                echo(f"FAILED {report.failures[-1]}")
+                continue
+            if line:
+                report.lines.append(line)
+                echo(line)
     for line in _lost_files(ctx, specs):
         report.failures.append(line)
         echo(f"FAILED {line}")
