@@ -48,12 +48,12 @@ from starlette.staticfiles import StaticFiles
 
 from reconciler import __version__, tasks, views
 from reconciler.actions import mirrors, publish, snapshots
-from reconciler.errors import AuthUnavailable, InUse, NotFound, ReconcilerError, SpecError
+from reconciler.errors import AuthUnavailable, InUse, NotFound, ReconcilerError, Refused, SpecError
 from reconciler.loader import Specs
 from reconciler.metrics import CONTENT_TYPE, Metrics
 from pydantic import BaseModel, Field
 
-from reconciler.spec import API_VERSION, MirrorDoc
+from reconciler.spec import API_VERSION, MirrorDoc, redacted_fields
 from reconciler.state.stores import Store
 
 log = logging.getLogger("reconciler.api")
@@ -450,6 +450,11 @@ def _mirror_doc(ctx: tasks.Context, controller: Controller, name: str) -> tuple[
         db.conn.close()
     if row is None:
         raise NotFound(f"mirror {name!r} is neither declared in the specs nor stored")
+    secret = redacted_fields(row.spec)
+    if secret:
+        raise Refused(f"mirror {name!r} is not declared in the specs this server follows, and its stored spec "
+                      f"keeps only digests of its secrets ({', '.join(secret)}), which cannot authenticate a "
+                      "download; update it with `reconciler apply` from the specs that declare it")
     doc = MirrorDoc.model_validate({"apiVersion": API_VERSION, "kind": "Mirror", "spec": row.spec,
                                     "metadata": {"name": name, "protect": row.protect}})
     return doc, row.owner

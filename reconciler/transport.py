@@ -178,7 +178,9 @@ class Transport:
             return _Route(), netloc
         parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
         if parts.scheme != "http" or not parts.hostname:
-            raise PermanentError(f"proxy {url}: only http:// proxies are supported (from "
+            _, at, host = parts.netloc.rpartition("@")
+            shown = parts._replace(netloc=f"<redacted>@{host}").geturl() if at else url  # no credentials in logs
+            raise PermanentError(f"proxy {shown}: only http:// proxies are supported (from "
                                  f"{'spec.network.proxy' if self.proxy else scheme + '_proxy'})")
         address = f"{parts.hostname}:{parts.port or 80}"
         auth = None
