@@ -116,10 +116,9 @@ class Controller(Protocol):
 def create_app(ctx: tasks.Context, controller: Controller, *, metrics: Metrics | None = None,
                token_file: Path | None = None, serve_public: bool = False) -> FastAPI:
     app = FastAPI(title="reconciler", version=__version__,
-                  description="Declarative Debian repositories: mirrors, snapshots and signed published trees.")
-    app.add_exception_handler(ReconcilerError, _error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _invalid)
+                  description="Declarative Debian repositories: mirrors, snapshots and signed published trees.",
+                  exception_handlers={ReconcilerError: _error, StarletteHTTPException: _http_error,
+                                      RequestValidationError: _invalid})
     metrics = metrics or Metrics(ctx)
     if token_file is not None:
         read_token(token_file)  # refuse to start with a token file that would refuse every mutation
@@ -372,9 +371,7 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
     def dropped(kind: str, name: str, message: str) -> dict:
         warnings = []
         specs = controller.specs
-        declared = {"Mirror": specs.mirrors, "Snapshot": specs.snapshots, "Publish": specs.publishes} \
-            if specs else {}
-        if name in declared.get(kind, {}):
+        if specs is not None and name in specs.by_kind(kind):
             warnings.append(f"{kind.lower()}/{name} is still declared in the specs: the next reconcile creates "
                             "it again")
         return {"name": name, "message": message, "warnings": warnings}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -94,9 +95,11 @@ def _context(*, read_only: bool = False):
     and say so on stderr."""
     from reconciler.tasks import Context
 
-    progress = None
+    progress: Callable[[str], object] | None = None
     if sys.stderr.isatty():
-        from reconciler.progress import RichProgress as progress
+        from reconciler.progress import RichProgress
+
+        progress = RichProgress
     ctx = Context(STATE.root, publish_root=STATE.publish_root, progress=progress, create=not read_only)
     ctx.store()
     if read_only and not ctx.has_state():
@@ -582,7 +585,7 @@ def serve(
             _fail(exc)
     if specs is not None:
         source = server.DirSource(specs)
-    else:
+    elif git is not None:  # (exactly one of them, checked above)
         source = _git_source(git, ref, path, username_file=git_username_file, password_file=git_password_file,
                              token_file=git_token_file, ssh_key_file=git_ssh_key_file,
                              verify_commits=verify_commits, trusted_keys_file=trusted_keys_file)
@@ -607,14 +610,16 @@ def watch(files: FilesOpt, owner: OwnerOpt = "default", log_format: LogFormatOpt
 
     from reconciler import watch as watcher
 
-    echo = typer.echo
+    echo: Callable[[str], None] = typer.echo
     if log_format is LogFormat.json:  # each line of output one JSON record on stderr
         _logging(log_format)
         log = logging.getLogger("reconciler.watch")
 
-        def echo(text: str) -> None:
+        def log_lines(text: str) -> None:
             for line in str(text).splitlines():
                 (log.warning if line.startswith(("WARNING", "FAILED", "error")) else log.info)("%s", line)
+
+        echo = log_lines
     try:
         code = watcher.run(_context(), files, owner=owner, echo=echo)
     except ReconcilerError as exc:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol, overload
 
 from reconciler.errors import LimitError, PermanentError, StorageError, TemporaryError, VerifyError
 from reconciler.pool import CHUNK, LocalPackagePool
@@ -142,6 +142,12 @@ class Fetcher:
         self.close()
 
     # -- small files ---------------------------------------------------------------
+
+    @overload
+    def get(self, url: str, *, missing_ok: Literal[False] = False, limit: int | None = None) -> bytes: ...
+
+    @overload
+    def get(self, url: str, *, missing_ok: bool, limit: int | None = None) -> bytes | None: ...
 
     def get(self, url: str, *, missing_ok: bool = False, limit: int | None = None) -> bytes | None:
         """The whole body of `url` (at most `limit`, default limits.maxReleaseBytes);
@@ -391,7 +397,7 @@ def _file_path(url: str) -> Path:
     return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
 
 
-def _open_for_write(path: Path, mode: str, what: str) -> BinaryIO:
+def _open_for_write(path: Path, mode: Literal["wb", "ab"], what: str) -> BinaryIO:
     try:
         return open(path, mode)
     except OSError as exc:

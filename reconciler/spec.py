@@ -173,7 +173,7 @@ class Network(Strict):
         return parse_duration(self.idleTimeout).total_seconds()
 
 
-_NETWORK_LATER = {"proxy": None, "caFile": None, "clientCertFile": None, "clientKeyFile": None,
+_NETWORK_LATER: dict[str, object] = {"proxy": None, "caFile": None, "clientCertFile": None, "clientKeyFile": None,
                   "headers": {}, "maxRate": None}
 
 

@@ -52,7 +52,7 @@ class DeadlineExceeded(TemporaryError):
 class _Watchdog:
     """Cuts the socket of every watched request whose deadline has passed."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.cond = threading.Condition()
         self.watched: dict[int, tuple[float, http.client.HTTPConnection | None]] = {}
         self.expired: dict[int, http.client.HTTPConnection | None] = {}  # cut, not yet released
@@ -172,7 +172,8 @@ class Transport:
         if url is None:
             url = self.env_proxies.get(scheme)
             host = netloc.rpartition("@")[2]
-            if url and urllib.request.proxy_bypass_environment(host, self.env_proxies):
+            # urllib's own no_proxy matching (public, though typeshed does not list it)
+            if url and urllib.request.proxy_bypass_environment(host, self.env_proxies):  # type: ignore[attr-defined]
                 url = None
         if not url:
             return _Route(), netloc
@@ -194,6 +195,7 @@ class Transport:
         entry = pool.get((scheme, netloc))
         if entry is None:
             route, address = self._route(scheme, netloc)
+            conn: http.client.HTTPConnection
             if scheme == "https":
                 conn = http.client.HTTPSConnection(address, timeout=self.timeout, context=self.tls)
                 if route.proxy:
