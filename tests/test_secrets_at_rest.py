@@ -138,3 +138,17 @@ def test_serve_keeps_secrets_out_of_the_api_the_logs_and_state(tmp_path, upstrea
     assert "tok-3f1c" not in "".join(answers) + server.output
     assert b"tok-3f1c" not in state_bytes(root)
 
+
+
+def test_a_secret_stored_in_plain_text_by_an_earlier_version_is_replaced_by_its_digest(rig):
+    mirror, _server, _proxy = rig
+    mirror.apply()
+    with sqlite3.connect(mirror.root / "state.db") as db:  # what an earlier version stored
+        spec = json.loads(db.execute("SELECT spec FROM mirrors WHERE name = 'up'").fetchone()[0])
+        spec["network"]["headers"] = {"Authorization": TOKEN}
+        db.execute("UPDATE mirrors SET spec = ? WHERE name = 'up'", (json.dumps(spec),))
+    planned = mirror.cli("plan", "-f", str(mirror.specs), "--detailed-exitcode", expect=2)
+    assert "mirror/up: edit network\n" in planned and "tok-3f1c" not in planned
+    mirror.apply()
+    assert stored_network(mirror.root)["headers"] == {"Authorization": secret_digest(TOKEN)}
+    mirror.cli("plan", "-f", str(mirror.specs), "--detailed-exitcode")
