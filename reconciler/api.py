@@ -49,12 +49,12 @@ from starlette.staticfiles import StaticFiles
 from reconciler import __version__, tasks, views
 from reconciler.actions import mirrors, publish, snapshots
 from reconciler.actions.result import Result
-from reconciler.errors import AuthUnavailable, InUse, NotFound, ReconcilerError, SpecError
+from reconciler.errors import AuthUnavailable, InUse, NotFound, ReconcilerError, Refused, SpecError
 from reconciler.loader import Specs
 from reconciler.metrics import CONTENT_TYPE, Metrics
 from pydantic import BaseModel, Field
 
-from reconciler.spec import API_VERSION, MirrorDoc
+from reconciler.spec import API_VERSION, MirrorDoc, redacted_fields
 from reconciler.state.stores import Store
 
 log = logging.getLogger("reconciler.api")
@@ -117,10 +117,9 @@ class Controller(Protocol):
 def create_app(ctx: tasks.Context, controller: Controller, *, metrics: Metrics | None = None,
                token_file: Path | None = None, serve_public: bool = False) -> FastAPI:
     app = FastAPI(title="reconciler", version=__version__,
-                  description="Declarative Debian repositories: mirrors, snapshots and signed published trees.")
-    app.add_exception_handler(ReconcilerError, _error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _invalid)
+                  description="Declarative Debian repositories: mirrors, snapshots and signed published trees.",
+                  exception_handlers={ReconcilerError: _error, StarletteHTTPException: _http_error,
+                                      RequestValidationError: _invalid})
     metrics = metrics or Metrics(ctx)
     if token_file is not None:
         read_token(token_file)  # refuse to start with a token file that would refuse every mutation
@@ -374,9 +373,7 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
     def dropped(kind: str, name: str, message: str) -> dict:
         warnings = []
         specs = controller.specs
-        declared = {"Mirror": specs.mirrors, "Snapshot": specs.snapshots, "Publish": specs.publishes} \
-            if specs else {}
-        if name in declared.get(kind, {}):
+        if specs is not None and name in specs.by_kind(kind):
             warnings.append(f"{kind.lower()}/{name} is still declared in the specs: the next reconcile creates "
                             "it again")
         return {"name": name, "message": message, "warnings": warnings}
@@ -452,6 +449,11 @@ def _mirror_doc(ctx: tasks.Context, controller: Controller, name: str) -> tuple[
         db.close()
     if row is None:
         raise NotFound(f"mirror {name!r} is neither declared in the specs nor stored")
+    secret = redacted_fields(row.spec)
+    if secret:
+        raise Refused(f"mirror {name!r} is not declared in the specs this server follows, and its stored spec "
+                      f"keeps only digests of its secrets ({', '.join(secret)}), which cannot authenticate a "
+                      "download; update it with `reconciler apply` from the specs that declare it")
     doc = MirrorDoc.model_validate({"apiVersion": API_VERSION, "kind": "Mirror", "spec": row.spec,
                                     "metadata": {"name": name, "protect": row.protect}})
     return doc, row.owner

@@ -8,18 +8,72 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 
 from reconciler import views
 from reconciler.errors import ReconcilerError, SpecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Keep Debian package repositories in the state YAML specs declare.")
-list_app = typer.Typer(no_args_is_help=True, help="List mirrors, snapshots or publishes.")
+
+
+class Command(typer.core.TyperCommand):
+    """A command whose help names each argument by its metavar only.
+
+    typer prints an argument's Python type after its name (`NAME <str>`) and braces a
+    required one in the usage line (`{NAME}`); an operator should read `NAME`. (Options
+    show their metavar instead of the type already: every option that takes a value
+    sets one; `test_help_names_metavars_instead_of_python_types` checks.)"""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(_argument_name(param))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def format_options(self, ctx, formatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {"Arguments": [], "Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                sections["Arguments"].append((_argument_name(param), record[1]))
+            else:
+                sections["Options"].append(record)
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _argument_name(param) -> str:
+    name = (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
+    return name if param.required else f"[{name}]"
+
+
+class Typer(typer.Typer):
+    """typer.Typer whose commands are `Command`s."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or Command, **kwargs)
+
+
+def choices(enum: type[Enum]) -> str:
+    """The metavar of an option taking one of an enum's values: [a|b|c]."""
+    return "[" + "|".join(member.value for member in enum) + "]"
+
+
+app = Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+            help="Keep Debian package repositories in the state YAML specs declare.")
+list_app = Typer(no_args_is_help=True, rich_markup_mode=None, help="List mirrors, snapshots or publishes.")
 app.add_typer(list_app, name="list")
 state_app = typer.Typer(no_args_is_help=True, help="Move the state between backends (SQLite file, PostgreSQL).")
 app.add_typer(state_app, name="state")
@@ -45,9 +99,11 @@ def _context(*, read_only: bool = False):
     and say so on stderr."""
     from reconciler.tasks import Context
 
-    progress = None
+    progress: Callable[[str], object] | None = None
     if sys.stderr.isatty():
-        from reconciler.progress import RichProgress as progress
+        from reconciler.progress import RichProgress
+
+        progress = RichProgress
     ctx = Context(STATE.root, publish_root=STATE.publish_root, progress=progress, create=not read_only,
                   state=STATE.state, pool_root=STATE.pool_root)
     ctx.store()
@@ -79,9 +135,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    root: Annotated[Path, typer.Option(envvar="RECONCILER_ROOT", help="State directory (state.db, pool, public/)")]
+    root: Annotated[Path, typer.Option(envvar="RECONCILER_ROOT", metavar="DIR", help="State directory (state.db, pool, public/)")]
     = Path(".reconciler"),
-    publish_root: Annotated[Optional[Path], typer.Option(envvar="RECONCILER_PUBLISH_ROOT",
+    publish_root: Annotated[Optional[Path], typer.Option(envvar="RECONCILER_PUBLISH_ROOT", metavar="DIR",
                                                          help="Where published trees go (default ROOT/public)")] = None,
     state: Annotated[Optional[str], typer.Option(
         "--state", envvar="RECONCILER_STATE", metavar="URL",
@@ -187,7 +243,7 @@ def list_publishes(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def show(kind: Annotated[Kind, typer.Argument(metavar="KIND", help="mirror, snapshot or publish")],
-         name: Annotated[str, typer.Argument(metavar="NAME")], as_json: JsonOpt = False) -> None:
+         name: Annotated[str, typer.Argument(metavar="NAME", help="The object's name")], as_json: JsonOpt = False) -> None:
     """Show one object; exit 1 when unknown.
 
     Example: reconciler show mirror bookworm-main --json
@@ -212,8 +268,8 @@ def show(kind: Annotated[Kind, typer.Argument(metavar="KIND", help="mirror, snap
 
 @app.command()
 def packages(
-    text: Annotated[Optional[str], typer.Argument(metavar="[QUERY]", help="aptly package query, e.g. "
-                                                                         "'Name (% lib*)'; all without one")]
+    text: Annotated[Optional[str], typer.Argument(metavar="QUERY", help="aptly package query, e.g. "
+                                                                       "'Name (% lib*)'; all without one")]
     = None,
     where: Annotated[Optional[str], typer.Option("--in", metavar="KIND/NAME",
                                                  help="mirror/NAME, snapshot/NAME or publish/NAME; default: "
@@ -316,7 +372,8 @@ def _render_plan(the_plan, fmt: Format, *, verbose: bool = False) -> str:
 
 @app.command()
 def plan(files: FilesOpt, as_json: JsonOpt = False,
-         fmt: Annotated[Format, typer.Option("--format", help="text, json or markdown (a PR comment)")] = Format.text,
+         fmt: Annotated[Format, typer.Option("--format", metavar=choices(Format),
+                                             help="text, json or markdown (a PR comment)")] = Format.text,
          detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode",
                                                          help="Exit 2 when anything would change")] = False,
          owner: OwnerOpt = "default", force: ForceOpt = False, replace: ReplaceOpt = [],
@@ -481,9 +538,9 @@ class LogFormat(str, Enum):
     json = "json"
 
 
-LogFormatOpt = Annotated[LogFormat, typer.Option("--log-format", help="text for a terminal; json: one object a "
+LogFormatOpt = Annotated[LogFormat, typer.Option("--log-format", metavar=choices(LogFormat), help="text for a terminal; json: one object a "
                                                                      "line (time, level, message, kind, name, op, "
-                                                                     "seconds) for a log collector")]
+                                                                     "task, seconds) for a log collector")]
 
 
 def _logging(fmt: LogFormat) -> None:
@@ -494,7 +551,7 @@ def _logging(fmt: LogFormat) -> None:
 
 @app.command()
 def serve(
-    specs: Annotated[PathOpt, typer.Option("--specs", help="Spec directory (e.g. a mounted ConfigMap)")] = None,
+    specs: Annotated[PathOpt, typer.Option("--specs", metavar="DIR", help="Spec directory (e.g. a mounted ConfigMap)")] = None,
     git: Annotated[Optional[str], typer.Option("--git", metavar="URL",
                                                help="Git repository URL holding the specs")] = None,
     ref: Annotated[str, typer.Option("--ref", metavar="REF", help="Branch, tag or commit to follow")] = "main",
@@ -504,19 +561,19 @@ def serve(
                                         help="HOST:PORT or [IPV6]:PORT of the API")] = "127.0.0.1:8080",
     interval: Annotated[str, typer.Option("--interval", metavar="DURATION",
                                           help="Reconcile this often (±10%): 30s, 10m, 1h")] = "10m",
-    token_file: Annotated[PathOpt, typer.Option("--token-file", help="Bearer token mutating calls need")] = None,
+    token_file: Annotated[PathOpt, typer.Option("--token-file", metavar="FILE", help="Bearer token mutating calls need")] = None,
     serve_public: Annotated[bool, typer.Option("--serve-public", help="Serve the publish root at /public/")] = False,
     suspend: Annotated[bool, typer.Option("--suspend", help="Reconcile only on POST /api/reconcile")] = False,
     owner: OwnerOpt = "default",
     grace: Annotated[str, typer.Option("--grace-period", metavar="DURATION",
                                        help="Time a running task gets after SIGTERM")] = "30s",
-    git_username_file: Annotated[PathOpt, typer.Option("--git-username-file", help="HTTPS basic auth user")] = None,
-    git_password_file: Annotated[PathOpt, typer.Option("--git-password-file", help="HTTPS basic password")] = None,
-    git_token_file: Annotated[PathOpt, typer.Option("--git-token-file", help="HTTPS bearer token")] = None,
-    git_ssh_key_file: Annotated[PathOpt, typer.Option("--git-ssh-key-file", help="SSH private key")] = None,
+    git_username_file: Annotated[PathOpt, typer.Option("--git-username-file", metavar="FILE", help="HTTPS basic auth user")] = None,
+    git_password_file: Annotated[PathOpt, typer.Option("--git-password-file", metavar="FILE", help="HTTPS basic password")] = None,
+    git_token_file: Annotated[PathOpt, typer.Option("--git-token-file", metavar="FILE", help="HTTPS bearer token")] = None,
+    git_ssh_key_file: Annotated[PathOpt, typer.Option("--git-ssh-key-file", metavar="FILE", help="SSH private key")] = None,
     verify_commits: Annotated[bool, typer.Option("--verify-commits", help="Apply only commits signed by a "
                                                                           "trusted key")] = False,
-    trusted_keys_file: Annotated[PathOpt, typer.Option("--trusted-keys-file", help="OpenPGP public keys that "
+    trusted_keys_file: Annotated[PathOpt, typer.Option("--trusted-keys-file", metavar="FILE", help="OpenPGP public keys that "
                                                                                     "must sign commits")] = None,
     log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
@@ -542,7 +599,7 @@ def serve(
             _fail(exc)
     if specs is not None:
         source = server.DirSource(specs)
-    else:
+    elif git is not None:  # (exactly one of them, checked above)
         source = _git_source(git, ref, path, username_file=git_username_file, password_file=git_password_file,
                              token_file=git_token_file, ssh_key_file=git_ssh_key_file,
                              verify_commits=verify_commits, trusted_keys_file=trusted_keys_file)
@@ -569,15 +626,18 @@ def watch(files: FilesOpt, owner: OwnerOpt = "default", log_format: LogFormatOpt
 
     from reconciler import events
 
-    echo, subscribers = typer.echo, None
+    echo: Callable[[str], None] = typer.echo
+    subscribers = None
     if log_format is LogFormat.json:  # each line of output one JSON record on stderr
         _logging(log_format)
         log = logging.getLogger("reconciler.watch")
         subscribers = [events.log_to(log)]  # each change's record carries its task and seconds
 
-        def echo(text: str) -> None:
+        def log_lines(text: str) -> None:
             for line in str(text).splitlines():
                 (log.warning if line.startswith(("WARNING", "FAILED", "error")) else log.info)("%s", line)
+
+        echo = log_lines
     try:
         code = watcher.run(_context(), files, owner=owner, echo=echo, subscribers=subscribers)
     except ReconcilerError as exc:

@@ -29,6 +29,7 @@ fetcher's threads together: one token bucket (`RateLimit`) that every read draws
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import http.client
 import io
@@ -39,7 +40,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol, overload
 
 from reconciler.errors import LimitError, PermanentError, StorageError, TemporaryError, VerifyError
 from reconciler.pool import CHUNK, LocalPackagePool
@@ -141,6 +142,12 @@ class Fetcher:
         self.close()
 
     # -- small files ---------------------------------------------------------------
+
+    @overload
+    def get(self, url: str, *, missing_ok: Literal[False] = False, limit: int | None = None) -> bytes: ...
+
+    @overload
+    def get(self, url: str, *, missing_ok: bool, limit: int | None = None) -> bytes | None: ...
 
     def get(self, url: str, *, missing_ok: bool = False, limit: int | None = None) -> bytes | None:
         """The whole body of `url` (at most `limit`, default limits.maxReleaseBytes);
@@ -301,7 +308,9 @@ class Fetcher:
         if self.progress:
             self.progress.start(len(todo), sum(w.size for w in todo))
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch") as ex:
-            futures = {ex.submit(self._one, want, pool): want for want in todo}
+            # each download runs in a copy of this thread's context, so what it logs names
+            # the task it is part of (tasks.current); one copy each: a context runs in one thread
+            futures = {ex.submit(contextvars.copy_context().run, self._one, want, pool): want for want in todo}
             for future in as_completed(futures):
                 want = futures[future]
                 try:
@@ -388,7 +397,7 @@ def _file_path(url: str) -> Path:
     return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
 
 
-def _open_for_write(path: Path, mode: str, what: str) -> BinaryIO:
+def _open_for_write(path: Path, mode: Literal["wb", "ab"], what: str) -> BinaryIO:
     try:
         return open(path, mode)
     except OSError as exc:

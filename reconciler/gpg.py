@@ -75,8 +75,8 @@ def verify_release(
         if inrelease is not None:
             _check_clearsigned(inrelease)
             return _gpgv(scratch, rings, {"InRelease": inrelease}, what="InRelease", names=keyrings)
-        files = {"Release.gpg": release_gpg, "Release": release}
-        _gpgv(scratch, rings, files, what="Release.gpg", names=keyrings)
+        assert release is not None and release_gpg is not None  # checked above
+        _gpgv(scratch, rings, {"Release.gpg": release_gpg, "Release": release}, what="Release.gpg", names=keyrings)
         return release
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -176,6 +176,7 @@ def _weak(sig: dict[str, list[str]]) -> str | None:
 
 def _failure(signatures: list[dict[str, list[str]]], proc, rings) -> str:
     """Why no signature counted, the most telling reason first."""
+    unknown = [sig["NO_PUBKEY"][0] for sig in signatures if sig.get("NO_PUBKEY")]
     reasons = {
         "GOODSIG": lambda w, s: f"signed with the weak digest algorithm {_weak(s)}, which apt rejects",
         "EXPKEYSIG": lambda w, s: f"signed by an expired key {_who(w)}",
@@ -186,7 +187,6 @@ def _failure(signatures: list[dict[str, list[str]]], proc, rings) -> str:
             f"(not in keyrings {', '.join(str(r) for r in rings)})"
         ),
     }
-    unknown = [sig["NO_PUBKEY"][0] for sig in signatures if sig.get("NO_PUBKEY")]
     for kind, explain in reasons.items():
         for sig in signatures:
             if kind in sig:
@@ -202,6 +202,11 @@ def _who(words: list[str]) -> str:
 
 # ---------------------------------------------------------------------------
 # Signing
+
+
+def _prepare_home(home: Path) -> None:
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(home, 0o700)  # gpg warns about (and agents refuse) looser homes
 
 
 class Signer:
@@ -224,21 +229,18 @@ class Signer:
     ):
         if (key_file is None) == (key is None):
             raise GpgError("signing needs exactly one of a key file or a key id")
-        if key_file is not None and gnupghome is None:
-            raise GpgError("a key file is imported into a private GNUPGHOME: give gnupghome")
         self.gnupghome = Path(gnupghome) if gnupghome is not None else None
         self.passphrase_file = Path(passphrase_file) if passphrase_file else None
         self._owns_home = key_file is not None
-        if key_file is not None:
-            self._prepare_home()
-            self.key = self._import(Path(key_file))
-        else:
-            self.key = key
-            self._gpg(["--list-secret-keys", key], action="looking up the secret key")
-
-    def _prepare_home(self) -> None:
-        self.gnupghome.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.gnupghome, 0o700)  # gpg warns about (and agents refuse) looser homes
+        self.key: str
+        if key_file is None:
+            self.key = str(key)  # given, as checked above
+            self._gpg(["--list-secret-keys", self.key], action="looking up the secret key")
+            return
+        if self.gnupghome is None:
+            raise GpgError("a key file is imported into a private GNUPGHOME: give gnupghome")
+        _prepare_home(self.gnupghome)
+        self.key = self._import(Path(key_file))
 
     def _import(self, key_file: Path) -> str:
         """Import the key file and return the fingerprint of its (first) secret key."""
@@ -336,8 +338,8 @@ def _run(cmd: list[str], *, stdin: bytes | None = None, text: bool = True) -> su
     except subprocess.TimeoutExpired as exc:
         raise GpgError(f"{cmd[0]} did not finish within {TIMEOUT}s") from exc
     if text:
-        proc.stdout = proc.stdout.decode(errors="replace")
-        proc.stderr = proc.stderr.decode(errors="replace")
+        return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
+                                           proc.stderr.decode(errors="replace"))
     return proc
 
 

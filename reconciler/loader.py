@@ -49,7 +49,7 @@ MAX_NODES = 20_000  # nodes of one document as written, and again with every ali
 class LineDict(dict):
     """A mapping that remembers the line of each key (1-based)."""
 
-    lines: dict[str, int]
+    lines: dict[object, int]  # YAML keys are mostly strings, but need not be
     line: int
 
 
@@ -193,7 +193,8 @@ class Specs:
     digests: dict[str, str | None] = field(default_factory=dict)
 
     def by_kind(self, kind: str) -> dict:
-        return {"Mirror": self.mirrors, "Snapshot": self.snapshots, "Publish": self.publishes}[kind]
+        kinds: dict[str, dict] = {"Mirror": self.mirrors, "Snapshot": self.snapshots, "Publish": self.publishes}
+        return kinds[kind]
 
 
 @dataclass
@@ -563,16 +564,16 @@ def _cross_check(result: Specs, issues: list[SpecIssue]) -> None:
         issue("Snapshot", cycle[0], "spec.snapshots", "merge cycle: " + " -> ".join(cycle + [cycle[0]]))
     series = {n for n, d in result.snapshots.items() if d.spec.series}
     keys: dict[str, str] = {}
-    for name, doc in result.publishes.items():
-        for comp, ref in doc.spec.components.items():
+    for name, pub in result.publishes.items():
+        for comp, ref in pub.spec.components.items():
             target = ref.removesuffix("@latest")
             if ref.endswith("@latest") and target not in series:
                 issue("Publish", name, f"spec.components.{comp}", f"{target!r} is not a declared snapshot series")
             elif not ref.endswith("@latest") and ref not in result.snapshots:
                 issue("Publish", name, f"spec.components.{comp}", f"snapshot {ref!r} is not declared")
-        other = keys.setdefault(doc.spec.key, name)
+        other = keys.setdefault(pub.spec.key, name)
         if other != name:
-            issue("Publish", name, "spec", f"prefix/distribution {doc.spec.key} is also published by {other!r}")
+            issue("Publish", name, "spec", f"prefix/distribution {pub.spec.key} is also published by {other!r}")
 
 
 def _cycles(snapshots: Mapping[str, specs.SnapshotDoc]) -> list[list[str]]:

@@ -7,6 +7,9 @@ object ("mirror/up: created ...", "FAILED snapshot/s: ...") also gets kind, name
 `op`, `task` (a task id) and `seconds` are copied as they are (`name` is the logger's
 own attribute, so an object's name comes from the message only), and a message ending
 in "(1.2s)" gives seconds when no extra did.
+
+`task` needs no caller to pass it: `TaskFilter` adds the id of the task running in the
+emitting thread (`tasks.current`), and of the task that a change's report line is about.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
+
+from reconciler import tasks
 
 _OBJECT = re.compile(r"^(FAILED )?(mirror|snapshot|publish)/([^:\s]+):?\s*([A-Za-z-]+)?")
 _SECONDS = re.compile(r"\((\d+(?:\.\d+)?)s\)$")
@@ -39,9 +44,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class TaskFilter(logging.Filter):
+    """Gives a record made while a task runs (or reporting one that just ran, see
+    `tasks.scope`) the task's id as `task`, unless it carries one already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "task", None) is None:
+            record.task = tasks.current()
+        return True
+
+
 def setup(fmt: str) -> None:
     """Log INFO and above to stderr as `fmt` ("text" or "json"); a later basicConfig is a no-op."""
     handler = logging.StreamHandler()
+    handler.addFilter(TaskFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

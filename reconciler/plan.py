@@ -449,7 +449,7 @@ def _refusal(name: str, doc, row: MirrorRow, probe: Probe, content_edited: bool)
 
 def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None, force: bool = False,
             keyrings: list[str | None] = ()) -> Change:
-    wanted = doc.spec.model_dump(mode="json")
+    wanted = doc.spec.stored()  # compared with the row as stored: secrets by their digests
     counts = {}
     if probe is not None:
         if probe.error:

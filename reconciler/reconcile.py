@@ -255,14 +255,16 @@ def apply(ctx: tasks.Context, specs: Specs, options: planner.Options, *, echo=pr
             subscriber(event)
 
     if options.source is not None:
-        claimed = owners.claim(ctx, options.owner, options.source, take_over=options.take_over)
-        if claimed:
-            report.claim = claimed.line
-            report.lines.append(claimed.line)
-            echo(claimed.line)
+        with tasks.scope():
+            claimed = owners.claim(ctx, options.owner, options.source, take_over=options.take_over)
+            if claimed:
+                report.claim = claimed.line
+                report.lines.append(claimed.line)
+                echo(claimed.line)
     failed: set[str] = set()
     for change in the_plan.changes:
-        _attempt(ctx, specs, change, options, failed, echo, emit)
+        with tasks.scope():  # what is logged about a change carries its task's id
+            _attempt(ctx, specs, change, options, failed, echo, emit)
     for line in _lost_files(ctx, specs):
         report.failures.append(line)
         echo(f"FAILED {line}")

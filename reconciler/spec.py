@@ -7,6 +7,7 @@ kept as written here; the loader resolves them against the spec file's directory
 
 from __future__ import annotations
 
+import hashlib
 import re
 import urllib.parse
 from datetime import timedelta
@@ -44,6 +45,41 @@ class Metadata(Strict):
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
 
+# What state keeps of a secret (a header value, a proxy URL's user:password): a digest,
+# never the value, so state.db, `show`, the API and the logs cannot give it away. The
+# value a download uses always comes from the spec being applied (its ${VAR} read from
+# the environment). The digest is deterministic, so a plan compares the stored digest
+# with the desired value's: an unchanged secret is no change, a changed one an edit.
+# The fixed prefix keeps a table of plain SHA-256 digests from matching it.
+SECRET_DIGEST = "sha256:"
+_SECRET_DOMAIN = b"reconciler/v1 secret\0"
+
+
+def secret_digest(value: str) -> str:
+    """`sha256:` and the hex SHA-256 of the value (after a fixed prefix)."""
+    return SECRET_DIGEST + hashlib.sha256(_SECRET_DOMAIN + value.encode()).hexdigest()
+
+
+def redact_url(url: str) -> str:
+    """`url` with its user:password, if any, replaced by their digest."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{secret_digest(userinfo)}@{host}"))
+
+
+def redacted_fields(stored: dict) -> list[str]:
+    """The fields of a stored mirror spec whose secrets state holds only as digests: such
+    a spec cannot be used to download (its secrets must come from a declared spec)."""
+    network = stored.get("network") or {}
+    found = []
+    if any(str(v).startswith(SECRET_DIGEST) for v in (network.get("headers") or {}).values()):
+        found.append("network.headers")
+    if network.get("proxy") and urllib.parse.urlsplit(network["proxy"]).netloc.startswith(SECRET_DIGEST):
+        found.append("network.proxy")
+    return found
+
 
 class Network(Strict):
     """How requests to the upstream behave: deadlines, retries, proxy, TLS, headers, rate.
@@ -63,7 +99,8 @@ class Network(Strict):
     retries: int = Field(4, ge=0, le=20, description="Further attempts after a network failure")
     proxy: str | None = Field(None, description="http://[USER:PASSWORD@]HOST:PORT for every request of this "
                                                 "mirror, or \"\" for none; default: http_proxy, https_proxy "
-                                                "and no_proxy from the environment")
+                                                "and no_proxy from the environment. State keeps only a digest "
+                                                "of USER:PASSWORD")
     caFile: str | None = Field(None, description="PEM bundle of the CAs trusted for https (replaces the "
                                                  "system's trust store for this mirror); relative to the spec file")
     clientCertFile: str | None = Field(None, description="PEM client certificate for mutual TLS (may hold the "
@@ -71,7 +108,9 @@ class Network(Strict):
     clientKeyFile: str | None = Field(None, description="PEM private key of clientCertFile; relative to the "
                                                         "spec file")
     headers: dict[str, str] = Field(default_factory=dict,
-                                    description="Extra request headers, sent to the mirror's own host only")
+                                    description="Extra request headers, sent to the mirror's own host only; "
+                                                "state keeps only a digest of each value (write secrets as "
+                                                "${VAR})")
     maxRate: int | None = Field(None, ge=1, description="Bytes per second for the whole mirror, all download "
                                                        "threads together; default: unlimited")
 
@@ -134,7 +173,7 @@ class Network(Strict):
         return parse_duration(self.idleTimeout).total_seconds()
 
 
-_NETWORK_LATER = {"proxy": None, "caFile": None, "clientCertFile": None, "clientKeyFile": None,
+_NETWORK_LATER: dict[str, object] = {"proxy": None, "caFile": None, "clientCertFile": None, "clientKeyFile": None,
                   "headers": {}, "maxRate": None}
 
 
@@ -173,6 +212,18 @@ class MirrorSpec(Strict):
     checkValidUntil: bool = Field(True, description="Refuse an upstream Release past its Valid-Until, as apt does")
     network: Network = Field(default_factory=Network, description="Timeouts and retries of upstream requests")
     limits: Limits = Field(default_factory=Limits, description="Size bounds on what the upstream may send")
+
+    def stored(self) -> dict:
+        """This spec as state keeps it and plans compare it: its JSON form with each
+        secret (every `network.headers` value, the `network.proxy` user:password)
+        replaced by its digest (`secret_digest`)."""
+        out = self.model_dump(mode="json")
+        network = out.get("network") or {}
+        if network.get("headers"):
+            network["headers"] = {name: secret_digest(value) for name, value in network["headers"].items()}
+        if network.get("proxy"):
+            network["proxy"] = redact_url(network["proxy"])
+        return out
 
     @field_validator("url")
     @classmethod

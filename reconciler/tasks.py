@@ -23,6 +23,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -258,8 +259,8 @@ def run(ctx: Context, name: str, keys: Iterable[str], fn: Callable[[Task], T], *
         task = Task(task_id, name, ctx, Store(db))
         task.store.prune_tasks()
         shared = [locks.POOL] if pool else []
-        with ctx.locks.hold(keys, timeout=ctx.lock_timeout, description=f"task {task.id} ({name})", shared=shared,
-                            db=db, task_id=task.id):
+        with _bound(task.id), ctx.locks.hold(keys, timeout=ctx.lock_timeout, description=f"task {task.id} ({name})",
+                                             shared=shared, db=db, task_id=task.id):
             return _execute(task, fn)
     except ReconcilerError as exc:
         if "task" in locals():
@@ -314,3 +315,42 @@ def get_task(store: Store, task_id: int) -> dict | None:
     return dict(rows[0], resources=json.loads(rows[0]["resources"])) if rows else None
 
 
+
+
+# The id of the task running in this thread, for log records (logfmt adds it as `task`),
+# so no caller has to pass it along. `scope` keeps the id of the last task that ran in
+# it, so a line reporting a task after it ended (reconcile.apply's per-change line)
+# carries it too. Context variables: each thread (and each API request) sees its own.
+_running: ContextVar[int | None] = ContextVar("reconciler_task", default=None)
+_ran: ContextVar[list[int] | None] = ContextVar("reconciler_task_scope", default=None)
+
+
+def current() -> int | None:
+    """The running task's id; outside a task but inside `scope`, the last one's; else None."""
+    running = _running.get()
+    if running is not None:
+        return running
+    ran = _ran.get()
+    return ran[-1] if ran else None
+
+
+@contextmanager
+def scope() -> Iterator[None]:
+    """Within this block, records after a task ended still carry its id (see `current`)."""
+    token = _ran.set([])
+    try:
+        yield
+    finally:
+        _ran.reset(token)
+
+
+@contextmanager
+def _bound(task_id: int) -> Iterator[None]:
+    token = _running.set(task_id)
+    ran = _ran.get()
+    if ran is not None:
+        ran.append(task_id)
+    try:
+        yield
+    finally:
+        _running.reset(token)

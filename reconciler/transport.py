@@ -52,7 +52,7 @@ class DeadlineExceeded(TemporaryError):
 class _Watchdog:
     """Cuts the socket of every watched request whose deadline has passed."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.cond = threading.Condition()
         self.watched: dict[int, tuple[float, http.client.HTTPConnection | None]] = {}
         self.expired: dict[int, http.client.HTTPConnection | None] = {}  # cut, not yet released
@@ -172,13 +172,16 @@ class Transport:
         if url is None:
             url = self.env_proxies.get(scheme)
             host = netloc.rpartition("@")[2]
-            if url and urllib.request.proxy_bypass_environment(host, self.env_proxies):
+            # urllib's own no_proxy matching (public, though typeshed does not list it)
+            if url and urllib.request.proxy_bypass_environment(host, self.env_proxies):  # type: ignore[attr-defined]
                 url = None
         if not url:
             return _Route(), netloc
         parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
         if parts.scheme != "http" or not parts.hostname:
-            raise PermanentError(f"proxy {url}: only http:// proxies are supported (from "
+            _, at, host = parts.netloc.rpartition("@")
+            shown = parts._replace(netloc=f"<redacted>@{host}").geturl() if at else url  # no credentials in logs
+            raise PermanentError(f"proxy {shown}: only http:// proxies are supported (from "
                                  f"{'spec.network.proxy' if self.proxy else scheme + '_proxy'})")
         address = f"{parts.hostname}:{parts.port or 80}"
         auth = None
@@ -192,6 +195,7 @@ class Transport:
         entry = pool.get((scheme, netloc))
         if entry is None:
             route, address = self._route(scheme, netloc)
+            conn: http.client.HTTPConnection
             if scheme == "https":
                 conn = http.client.HTTPSConnection(address, timeout=self.timeout, context=self.tls)
                 if route.proxy:

@@ -254,6 +254,17 @@ def _check_request(req: TreeRequest) -> None:
             raise PermanentError(f"index compression {suffix} level {level} is not supported")
 
 
+@dataclass
+class _Worker:
+    """The link worker child and its files: its stdin takes the batches, `report` (a
+    temporary file) collects one JSON line per link, `stderr` what it said on failure."""
+
+    proc: subprocess.Popen[bytes]
+    stdin: IO[bytes]
+    report: IO[bytes]
+    stderr: IO[bytes]
+
+
 class _Linker:
     """Hard-links package files into PREFIX/pool through a child process, in batches.
 
@@ -282,9 +293,7 @@ class _Linker:
         self.confirmed: dict[str, tuple[int, int, int]] = {}
         self.damaged: dict[str, tuple[str, str]] = {}  # sha256 -> (pool path, what is wrong with it)
         self._batch: list[tuple[str, str, str]] = []  # (sha256, src, dest)
-        self._proc: subprocess.Popen | None = None
-        self._report: IO[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
+        self._worker: _Worker | None = None  # started with the first batch
 
     def add(self, component: str, pkg: Package) -> None:
         if pkg.type != "source" and not pkg.files:
@@ -319,47 +328,49 @@ class _Linker:
     def _send(self) -> None:
         if not self._batch:
             return
-        if self._proc is None:
-            self._start()
+        worker = self._worker or self._start()
         try:
-            self._proc.stdin.write(self._encoded())
-            self._proc.stdin.flush()
+            worker.stdin.write(self._encoded())
+            worker.stdin.flush()
         except BrokenPipeError:
-            self._settle()  # the child stopped early: its report says why
+            self._settle(worker)  # the child stopped early: its report says why
             raise PermanentError("pool links: the link worker stopped early") from None
         self._batch = []
 
-    def _start(self) -> None:
-        self._report, self._stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-        self._proc = subprocess.Popen([sys.executable, "-m", "reconciler.linkworker"], stdin=subprocess.PIPE,
-                                      stdout=self._report, stderr=self._stderr)
+    def _start(self) -> _Worker:
+        report, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler.linkworker"], stdin=subprocess.PIPE,
+                                stdout=report, stderr=stderr)
+        assert proc.stdin is not None  # stdin=PIPE
+        self._worker = _Worker(proc, proc.stdin, report, stderr)
         try:
-            fcntl.fcntl(self._proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, self.PIPE_SIZE)
+            fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, self.PIPE_SIZE)
         except OSError:
             pass  # above the system's limit: a smaller pipe works, with more waiting
+        return self._worker
 
     def close(self) -> None:
         """Wait until every link is made; raise the first thing that went wrong."""
         self._send()
-        if self._proc is not None:
-            self._proc.stdin.close()
-            self._proc.wait()
-            self._settle()
+        if self._worker is not None:
+            self._worker.stdin.close()
+            self._worker.proc.wait()
+            self._settle(self._worker)
 
-    def _settle(self) -> None:
-        self._proc.wait()
-        self._report.seek(0)
-        for line in self._report:
+    def _settle(self, worker: _Worker) -> None:
+        worker.proc.wait()
+        worker.report.seek(0)
+        for line in worker.report:
             report = json.loads(line)
             rel = os.path.relpath(report["dest"], self.root)
             if report["kind"] == "error":
                 raise OSError(report["errno"], report["message"], report["dest"])
             sha256, size, ref = self.claims[rel]
             self._finish(report["kind"], report["src"], report["dest"], PackageFile(rel, size, sha256), ref, rel)
-        if self._proc.returncode != 0:
-            self._stderr.seek(0)
-            detail = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:]
-            raise PermanentError(f"pool links: the link worker failed ({self._proc.returncode}): {' '.join(detail)}")
+        if worker.proc.returncode != 0:
+            worker.stderr.seek(0)
+            detail = worker.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise PermanentError(f"pool links: the link worker failed ({worker.proc.returncode}): {' '.join(detail)}")
         if self.damaged:
             shown = "; ".join(f"{rel} ({sha[:12]}): {why}" for sha, (rel, why) in list(self.damaged.items())[:10])
             raise PoolDamaged(f"{len(self.damaged)} pool file(s) cannot be published: {shown}",
@@ -379,9 +390,10 @@ class _Linker:
                 self.damaged[pf.sha256] = (rel, f"the pool file no longer matches its SHA-256 (needed by {ref}); "
                                                 f"moved to {where}")
                 return
-            kind = linkworker.link(src, dest)
-            if kind is None:
+            again = linkworker.link(src, dest)  # None: linked now
+            if again is None:
                 return
+            kind = again
         if kind == "cross" and _copy_in(src, dest):
             return
         if _holds(dest, src, pf):
@@ -389,7 +401,7 @@ class _Linker:
         if self._damaged_copy(dest, pf.sha256):
             _replace_link(src, dest)
             return
-        have, size = file_sha256(dest)
+        have, size = file_sha256(Path(dest))
         raise Conflict(
             f"{rel}: already holds a different file (size {size}, sha256 {have}); "
             f"{ref} needs size {pf.size}, sha256 {pf.sha256}"
@@ -415,17 +427,18 @@ class _Linker:
 
     def stop(self) -> None:
         """Stop the child if it still runs (the publish failed); close its files."""
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.kill()
-                self._proc.wait()
-            try:
-                self._proc.stdin.close()
-            except BrokenPipeError:  # unsent bytes of a killed child: nothing to deliver
-                pass
-        for fh in (self._report, self._stderr):
-            if fh is not None:
-                fh.close()
+        worker = self._worker
+        if worker is None:
+            return
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait()
+        try:
+            worker.stdin.close()
+        except BrokenPipeError:  # unsent bytes of a killed child: nothing to deliver
+            pass
+        worker.report.close()
+        worker.stderr.close()
 
 
 def _replace_link(src: str, dest: str) -> None:
@@ -459,7 +472,7 @@ def _holds(dest: str, src: str, pf: PackageFile) -> bool:
             return True
     except FileNotFoundError:
         pass
-    return st.st_size == pf.size and file_sha256(dest)[0] == pf.sha256
+    return st.st_size == pf.size and file_sha256(Path(dest))[0] == pf.sha256
 
 
 # ---------------------------------------------------------------------------

@@ -241,7 +241,7 @@ def _check_file(path: Path, name: str, size: int | None, sha256: str | None, has
         return [f"{name}: missing{why}"]
     if size is not None and actual != size:
         return [f"{name}: size {actual}, expected {size}{why}"]
-    if sha256 and hasher.sha256(path) != sha256.lower():
+    if sha256 and hasher is not None and hasher.sha256(path) != sha256.lower():  # (a shallow check has none)
         return [f"{name}: SHA256 {hasher.sha256(path)}, expected {sha256}{why}"]
     return []
 
@@ -269,7 +269,7 @@ def _check_packages(root: Path, target: Path, sound: set[str], hasher: _Hasher |
         try:
             with open_index(path) as fh:
                 binary = posixpath.basename(base) == "Packages"
-                for stanza in _binary_stanzas(fh, quick=hasher is None, root=root, checked=checked) \
+                for stanza in _binary_stanzas(fh, quick=(root, checked) if hasher is None else None) \
                         if binary else iter_stanzas(fh):
                     for rel, size, sha256, who in _stanza_files(stanza, base):
                         if rel not in checked:
@@ -287,18 +287,19 @@ _SEPARATOR = re.compile(r"\n[ \t\r]*\n")
 _BLOCK = 1 << 20
 
 
-def _binary_stanzas(fh, *, quick: bool = False, root: Path | None = None,
-                    checked: set[str] | None = None) -> Iterator[dict[str, str]]:
+def _binary_stanzas(fh, *, quick: tuple[Path, set[str]] | None = None) -> Iterator[dict[str, str]]:
     """The fields above of each stanza of a Packages file, read a block at a time.
 
     Regular expressions over whole stanzas instead of a Python loop per line: this is
     what a check after every publish spends its time on (65,000 stanzas in Debian's
-    main), and it holds one block, not the index. With `quick`, a stanza whose
-    Filename is under `root` at its Size is only added to `checked`, not yielded.
+    main), and it holds one block, not the index. With `quick` (root, checked), a
+    stanza whose Filename is under root at its Size is only added to checked, not yielded.
     """
     for part in _stanza_texts(fh):
-        if quick and _present(root, {"Filename": _field(part, "Filename"), "Size": _field(part, "Size")}, checked):
-            continue
+        if quick is not None:
+            root, checked = quick
+            if _present(root, {"Filename": _field(part, "Filename"), "Size": _field(part, "Size")}, checked):
+                continue
         yield {k: v.rstrip() for k, v in _BINARY_FIELDS.findall(part)}
 
 
@@ -360,7 +361,7 @@ def _stanza_files(stanza: dict[str, str], base: str) -> Iterator[tuple[str, int 
 def _check_pool_file(root: Path, rel: str, size, sha256, who: str, hasher: _Hasher | None) -> list[str]:
     if not _inside(rel):
         return [f"{rel!r}: path leaves the tree (listed for {who})"]
-    return _check_file(os.path.join(root, rel), rel, size, sha256 if hasher else None, hasher, needed_by=who)
+    return _check_file(Path(root, rel), rel, size, sha256 if hasher else None, hasher, needed_by=who)
 
 
 def _inside(rel: str) -> bool:

@@ -92,9 +92,10 @@ def read_release(fetcher: Fetcher, spec: MirrorSpec, *, workdir: Path,
     inrelease = fetcher.get(join(base, "InRelease"), missing_ok=True)
     release = release_gpg = None
     if inrelease is None:
-        release = fetcher.get(join(base, "Release"))
+        raw = release = fetcher.get(join(base, "Release"))
         release_gpg = fetcher.get(join(base, "Release.gpg"), missing_ok=True)
-    raw = inrelease if inrelease is not None else release
+    else:
+        raw = inrelease
     if spec.verifySignature:
         text = gpg.verify_release(inrelease=inrelease, release=release, release_gpg=release_gpg,
                                   keyrings=[Path(k) for k in spec.keyrings], workdir=workdir)

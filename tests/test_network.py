@@ -29,7 +29,7 @@ from reconciler.errors import PermanentError, TemporaryError
 from reconciler.fetch import Fetcher, Want
 from reconciler.plan import mirror_fields
 from reconciler.pool import FilesystemPool
-from reconciler.spec import Network
+from reconciler.spec import Network, secret_digest
 from tests.support import tlscerts
 from tests.support.proxy import Proxy
 from tests.support.server import ArchiveServer
@@ -175,6 +175,14 @@ def test_the_mirrors_proxy_overrides_the_environment_with_credentials(http_mirro
         mirror.apply()
     assert proxy.log and all(auth == "Basic b3BzOnMzY3JldCBwYXNz" for _, _, auth in proxy.log)
     assert mirror.num_packages() > 0
+
+
+def test_an_unsupported_proxy_is_named_without_its_credentials(monkeypatch):
+    monkeypatch.setenv("http_proxy", "socks5://ops:pr0xy-secret@127.0.0.1:1080")
+    with pytest.raises(PermanentError) as caught, Fetcher(network=Network(retries=0)) as fetcher:
+        fetcher.get("http://archive.example.invalid/dists/stable/InRelease")
+    assert "proxy socks5://<redacted>@127.0.0.1:1080: only http:// proxies" in str(caught.value)
+    assert "pr0xy-secret" not in str(caught.value)
 
 
 def test_an_empty_proxy_turns_the_environments_off(http_mirror, monkeypatch):
@@ -365,4 +373,5 @@ def test_editing_network_fields_updates_the_spec_without_a_resync(http_mirror):
     mirror.cli("plan", "-f", str(mirror.specs), "--detailed-exitcode")  # converged: exit 0
     with sqlite3.connect(mirror.root / "state.db") as db:
         stored = json.loads(db.execute("SELECT spec FROM mirrors WHERE name = 'up'").fetchone()[0])
-    assert stored["network"]["headers"] == {"X-Archive-Token": "t0ken"} and stored["network"]["proxy"] == ""
+    assert stored["network"]["headers"] == {"X-Archive-Token": secret_digest("t0ken")}  # never the value
+    assert stored["network"]["proxy"] == ""

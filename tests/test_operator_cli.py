@@ -11,6 +11,7 @@ import json
 import re
 
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from reconciler import __version__
@@ -30,16 +31,32 @@ def test_version_prints_the_package_version():
     assert result.exit_code == 0 and result.stdout.strip() == f"reconciler {__version__}"
 
 
+def _command_paths(command, path=()) -> list[tuple[str, ...]]:
+    """Every command and group below `command` (the whole tree, so a new one is covered)."""
+    found = [path]
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _command_paths(sub, (*path, name))
+    return found
+
+
+# typer's own labels: `<str>`, `<path>`, `<int>`, `<list[str]>`, `<text|json>`, `{NAME}`
+PYTHON_TYPE = re.compile(r"<[a-z][^>]*>|\{[A-Z]+\}")
+
+
 def test_help_names_metavars_instead_of_python_types():
     runner = CliRunner()
-    commands = [[c.name or c.callback.__name__.replace("_", "-")] for c in app.registered_commands]
-    commands.append(["list", "mirrors"])
-    assert len(commands) > 10
+    commands = _command_paths(typer.main.get_command(app))
+    assert len(commands) > 14 and ("list", "mirrors") in commands
     for command in commands:
-        text = runner.invoke(app, [*command, "--help"]).stdout
-        options = text.partition("Options:")[2]  # (typer prints an argument's type next to its name)
-        assert "Usage:" in text and "list[" not in text and "<str>" not in options, (command, text)
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.stdout, (command, result.output)
+        assert not PYTHON_TYPE.findall(result.stdout), (command, result.stdout)
     assert "-f, --file PATH" in runner.invoke(app, ["plan", "--help"]).stdout
+    show = runner.invoke(app, ["show", "--help"]).stdout
+    assert "show [OPTIONS] KIND NAME" in show and "\n  NAME  The object's name" in show
+    assert "--in KIND/NAME" in runner.invoke(app, ["packages", "--help"]).stdout
+    assert "--root DIR" in runner.invoke(app, ["--help"]).stdout
+    assert "--log-format [text|json]" in runner.invoke(app, ["serve", "--help"]).stdout
 
 
 def test_show_prints_lists_as_comma_lists_and_none_as_dash(rig):

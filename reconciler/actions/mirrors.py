@@ -130,7 +130,7 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
     if row is not None and row.owner != owner:
         raise Refused(f"mirror/{name} belongs to owner {row.owner!r}, not {owner!r}; apply with --owner "
                       f"{row.owner}, or pass --take-over to take it over")
-    wanted = spec.model_dump(mode="json")
+    wanted = spec.stored()  # secrets as digests: state never holds them
     warnings = []
     if not spec.verifySignature:
         warnings.append(f"mirror/{name}: verifySignature is false; the Release signature is NOT checked")

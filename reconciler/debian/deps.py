@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from reconciler.debian import query
 from reconciler.debian.package import Package
@@ -92,7 +93,7 @@ def parse_relations(text: str) -> tuple[Group, ...]:
     return tuple(groups)
 
 
-def _relation(rel: dict) -> Relation:
+def _relation(rel: Mapping[str, Any]) -> Relation:
     op, version = rel["version"] or (None, None)
     archs = tuple((a.enabled, a.arch) for a in rel["arch"] or ())
     return Relation(rel["name"], rel["archqual"], op, version, archs)
@@ -120,7 +121,7 @@ class _Index:
 
     def best(self, rel: Relation, kind: str, arch: str) -> Package | None:
         """The package this index would pick for `rel` in `arch`, or None."""
-        test = query.version_matcher(rel.op, rel.version) if rel.op else None
+        test = query.version_matcher(rel.op, rel.version) if rel.op and rel.version is not None else None
         key = (kind, rel.name)
         real = [
             pkg
@@ -227,7 +228,7 @@ class _AptlyClosure(_Closure):
                 if pkg.type == "source" or pkg.arch not in (arch, "all"):
                     continue
                 for group in _groups(pkg):
-                    pending = []
+                    pending: list[tuple[str, str, Relation]] = []
                     for rel in (r for r in group if r.applies(arch)):
                         target = rel.target_arch(arch)
                         if self.chosen.best(rel, pkg.type, target):

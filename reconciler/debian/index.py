@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, Protocol, cast
 
 from reconciler.errors import LimitError, VerifyError
 
@@ -63,7 +63,7 @@ def iter_stanzas(fileobj: IO) -> Iterator[dict[str, str]]:
             text.detach()  # leave the caller's file open; closing it is the caller's job
 
 
-def _text(fileobj: BinaryIO) -> io.TextIOWrapper:
+def _text(fileobj: IO[bytes]) -> io.TextIOWrapper:
     return io.TextIOWrapper(fileobj, encoding=ENCODING, errors=ERRORS, newline="\n")
 
 
@@ -78,7 +78,7 @@ def _parse(lines: Iterable[str]) -> Iterator[dict[str, str]]:
             if key is not None:
                 more.append(line.rstrip("\r\n"))
             continue
-        if more:
+        if more and key is not None:  # (more is only ever collected under a key)
             stanza[key] = "\n".join([stanza[key], *more])
             more = []
         if not line.strip():
@@ -90,7 +90,7 @@ def _parse(lines: Iterable[str]) -> Iterator[dict[str, str]]:
         else:
             key, _, value = line.partition(":")
             stanza[key] = value.strip()
-    if more:
+    if more and key is not None:
         stanza[key] = "\n".join([stanza[key], *more])
     if stanza:
         yield stanza
@@ -117,10 +117,11 @@ def open_index(path: Path, expect: Expect | None = None) -> BinaryIO:
     With `expect` (upstream indexes), the decompressed stream is checked as it is read:
     a bomb stops at the first byte past a bound, with memory flat.
     """
+    fh: BinaryIO  # the decompressors are binary files too; typeshed does not call them BinaryIO
     if path.name.endswith(".gz"):
-        fh = gzip.open(path, "rb")
+        fh = cast(BinaryIO, gzip.open(path, "rb"))
     elif path.name.endswith(".xz"):
-        fh = lzma.open(path, "rb")
+        fh = cast(BinaryIO, lzma.open(path, "rb"))
     else:
         fh = open(path, "rb")
     if expect is None:
@@ -335,7 +336,7 @@ class IndexWriter:
             raw = open(path.with_name(path.name + suffix), "wb")
             self._raws.append(raw)
             sink = self._sinks[suffix] = _HashingSink(raw)
-            self._streams[suffix] = _compressor(suffix, levels.get(suffix), sink)
+            self._streams[suffix] = _compressor(suffix, levels, sink)
         self.count = 0
 
     def add(self, fields: dict[str, str]) -> None:
@@ -373,12 +374,20 @@ class IndexWriter:
             raw.close()
 
 
-def _compressor(suffix: str, level: int | None, sink: _HashingSink):
+def _compressor(suffix: str, levels: Mapping[str, int], sink: _HashingSink):
     if suffix == ".gz":
-        return _Background(gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=level))
-    if suffix == ".xz":
-        return _Background(lzma.LZMAFile(sink, "wb", preset=level))
+        return _Background(gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=levels[suffix]))
+    if suffix == ".xz":  # LZMAFile only writes to its file (typeshed asks for an IO[bytes])
+        return _Background(lzma.LZMAFile(cast(IO[bytes], sink), "wb", preset=levels[suffix]))
     return sink
+
+
+class _Writable(Protocol):
+    """What a compressor is to `_Background`: something bytes are written to, then closed."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class _Background:
@@ -389,9 +398,9 @@ class _Background:
     is bounded, so memory stays a few blocks whatever the index size.
     """
 
-    def __init__(self, stream):
+    def __init__(self, stream: _Writable) -> None:
         self.stream = stream
-        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="index-compress", daemon=True)
         self.thread.start()

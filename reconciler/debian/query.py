@@ -413,7 +413,7 @@ class _Parser:
     def quoted(self) -> str:
         start, quote = self.pos, self.text[self.pos]
         self.pos += 1
-        out = []
+        out: list[str] = []
         while self.pos < len(self.text):
             char = self.text[self.pos]
             self.pos += 1
