@@ -103,6 +103,12 @@ class Controller(Protocol):
     @property
     def stopping(self) -> bool: ...
 
+    @property
+    def leading(self) -> bool:
+        """False on a standby replica: it answers reads, the leader reconciles."""
+
+    def leader_name(self) -> str: ...
+
     def status(self) -> dict: ...
 
     def declared_mirror(self, name: str) -> MirrorDoc | None: ...
@@ -411,12 +417,15 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
         return dropped("Publish", name, done.line)
 
     @app.post("/api/reconcile", tags=["reconcile"], dependencies=guarded, status_code=202,
-              responses={401: ERROR, 429: ERROR, 503: ERROR, 504: {}},
+              responses={401: ERROR, 409: ERROR, 429: ERROR, 503: ERROR, 504: {}},
               summary="Reconcile now; with wait=1, answer when that reconcile has finished")
     async def trigger(request: Request, wait: bool = False,
                       timeout: Annotated[float, Query(gt=0, le=3600)] = 600) -> Response:
         if controller.stopping:
             raise HTTPException(503, "shutting down")
+        if not controller.leading:
+            raise HTTPException(409, f"this replica stands by: {controller.leader_name()} reconciles; "
+                                     "send the request to the leader")
         if not wait:
             controller.request()
             return JSONResponse(controller.status(), status_code=202)
@@ -470,10 +479,11 @@ def _operations(app: FastAPI, controller: Controller, metrics: Metrics) -> None:
         alive = controller.alive
         return JSONResponse({"status": "ok" if alive else "reconcile loop died"}, status_code=200 if alive else 503)
 
-    @app.get("/readyz", tags=["probes"], summary="Readiness: 200 once a reconcile has succeeded")
+    @app.get("/readyz", tags=["probes"],
+             summary="Readiness: 200 once a reconcile has succeeded (a standby: once it can read the state)")
     async def readyz() -> JSONResponse:
         if controller.ready:
-            return JSONResponse({"ready": True})
+            return JSONResponse({"ready": True, "role": "leader" if controller.leading else "standby"})
         ready = next(c for c in controller.status()["conditions"] if c["type"] == "Ready")
         return JSONResponse({"ready": False, "reason": ready["reason"], "message": ready["message"]},
                             status_code=503)

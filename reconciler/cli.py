@@ -567,6 +567,9 @@ def serve(
     owner: OwnerOpt = "default",
     grace: Annotated[str, typer.Option("--grace-period", metavar="DURATION",
                                        help="Time a running task gets after SIGTERM")] = "30s",
+    leader_poll: Annotated[str, typer.Option("--leader-poll", metavar="DURATION",
+                                             help="How often a standby replica tries to take the leadership "
+                                                  "(several serve on one PostgreSQL state): 1s")] = "1s",
     git_username_file: Annotated[PathOpt, typer.Option("--git-username-file", metavar="FILE", help="HTTPS basic auth user")] = None,
     git_password_file: Annotated[PathOpt, typer.Option("--git-password-file", metavar="FILE", help="HTTPS basic password")] = None,
     git_token_file: Annotated[PathOpt, typer.Option("--git-token-file", metavar="FILE", help="HTTPS bearer token")] = None,
@@ -606,7 +609,8 @@ def serve(
     _logging(log_format)
     options = server.Options(listen=listen, interval=_duration(interval, "--interval"), owner=owner,
                              suspend=suspend, token_file=token_file, serve_public=serve_public,
-                             grace=_duration(grace, "--grace-period"))
+                             grace=_duration(grace, "--grace-period"),
+                             leader_poll=_duration(leader_poll, "--leader-poll"))
     try:
         code = server.run(_context(), source, options)
     except ReconcilerError as exc:

@@ -108,22 +108,26 @@ class Leadership:
             db.close()
         self._renewed = time.monotonic()
 
-    def status(self) -> dict:
-        """role, this replica's identity, and the lease as recorded (by whichever replica leads)."""
-        lease = None
+    def status(self, *, read: bool = True) -> dict:
+        """role, this replica's identity, and the lease as recorded (by whichever replica
+        leads); `readable` says the state could be read. `read=False` reads nothing."""
+        lease, readable = None, False
         try:
+            if not read:
+                raise OSError("not read")
             db = self.ctx.connect()
             try:
                 row = db.execute("SELECT holder, acquired_at, renewed_at FROM leases WHERE name = ?",
                                  (LEASE,)).fetchone()
             finally:
                 db.close()
+            readable = True
             if row:
                 lease = {"holder": row[0], "acquiredAt": row[1], "renewedAt": row[2]}
         except (OSError, *statebackend.DATABASE_ERRORS, *_state_errors()):
             pass
         return {"role": "leader" if self.leading else "standby", "identity": self.identity,
-                "lease": lease, "renewSeconds": self.renew}
+                "lease": lease, "renewSeconds": self.renew, "readable": readable}
 
 
 def _state_errors() -> tuple[type[BaseException], ...]:

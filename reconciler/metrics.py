@@ -46,6 +46,8 @@ class Metrics:
             "reconciler_download_bytes_total", "Bytes of package files downloaded and imported into the pool",
             registry=r)
         self.ready = Gauge("reconciler_ready", "1 once a reconcile has succeeded", registry=r)
+        self.leader = Gauge("reconciler_leader", "1 while this replica leads (reconciles), 0 while it stands by",
+                            registry=r)
         self.last_success = Gauge("reconciler_last_success_timestamp_seconds",
                                   "Unix time of the last successful reconcile", registry=r)
         r.register(_MirrorPackages(ctx))

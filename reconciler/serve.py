@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from reconciler import api, events, reconcile, tasks
+from reconciler import api, events, leader, reconcile, tasks
 from reconciler.errors import ReconcilerError, Refused, SpecError, TemporaryError
 from reconciler.gitsource import SourceError, UntrustedCommit
 from reconciler.loader import Specs, load_specs
@@ -55,6 +55,7 @@ log = logging.getLogger("reconciler.serve")
 BACKOFF_START = 5.0  # seconds before the first retry; doubles per failure, capped at the interval
 DIR_POLL = 2.0  # a spec directory is re-hashed this often (a few small files)
 GIT_POLL = 60.0  # a git ref is checked at most this often (one request)
+LEADER_POLL = 1.0  # a standby tries to take the leadership this often
 
 
 class Source(Protocol):
@@ -122,6 +123,11 @@ class _Stopping(Exception):
     the running one."""
 
 
+class _LostLeadership(Exception):
+    """Raised from apply's `started` event when this replica no longer leads: the new
+    leader goes on from what is committed."""
+
+
 @dataclass
 class _Outcome:
     ok: bool
@@ -134,8 +140,12 @@ class Controller:
     """Runs the loop in a thread; the API reads its status and asks it for reconciles."""
 
     def __init__(self, ctx: tasks.Context, source: Source, *, interval: float, owner: str = "default",
-                 suspend: bool = False, metrics: Metrics | None = None):
+                 suspend: bool = False, metrics: Metrics | None = None,
+                 leadership: leader.Leadership | None = None, leader_poll: float = LEADER_POLL):
         self.ctx, self.source, self.interval, self.owner, self.suspend = ctx, source, interval, owner, suspend
+        # None: this controller always leads (one process by construction, as in tests)
+        self.leadership, self.leader_poll = leadership, leader_poll
+        self._seen_leadership: dict | None = None
         self.metrics = metrics or Metrics(ctx)
         self.poll = min(interval, GIT_POLL if source.describe()["type"] == "git" else DIR_POLL)
         self.specs: Specs | None = None
@@ -162,10 +172,22 @@ class Controller:
     def stopping(self) -> bool:
         return self.stop_event.is_set()
 
+    @property
+    def leading(self) -> bool:
+        return self.leadership is None or self.leadership.leading
+
+    def leader_name(self) -> str:
+        """Who leads, as the lease names it (for a standby's answers)."""
+        lease = (self._seen_leadership or {}).get("lease") or {}
+        return lease.get("holder") or "another replica"
+
     def status(self) -> dict:
         with self._lock:
-            return self._status.to_json(source=self.source.describe(), suspended=self.suspend,
-                                        failures=self._failures)
+            document = self._status.to_json(source=self.source.describe(), suspended=self.suspend,
+                                            failures=self._failures)
+            if self.leadership is not None:
+                document["leadership"] = dict(self._seen_leadership or self.leadership.status(read=False))
+            return document
 
     def declared_mirror(self, name: str) -> MirrorDoc | None:
         specs = self.specs
@@ -187,9 +209,39 @@ class Controller:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> threading.Thread:
+        if self.leadership is not None:
+            self._poll_leadership()  # the first answer before the API or the loop uses it
+            threading.Thread(target=self._lead, name="leadership", daemon=True).start()
         self._thread = threading.Thread(target=self.run, name="reconcile-loop", daemon=True)
         self._thread.start()
         return self._thread
+
+    def _lead(self) -> None:
+        """Take or keep the leadership every `leader_poll` seconds; give it up on shutdown."""
+        while not self.stop_event.wait(self.leader_poll):
+            self._poll_leadership()
+        self.leadership.release()
+        self.metrics.leader.set(0)
+
+    def _poll_leadership(self) -> None:
+        was = self.leadership.leading
+        leading = self.leadership.poll()
+        seen = self.leadership.status()
+        self.metrics.leader.set(1 if leading else 0)
+        with self._lock:
+            self._seen_leadership = seen
+            if not leading:
+                holder = (seen.get("lease") or {}).get("holder") or "another replica"
+                self._status.set("Ready", seen.get("readable", False), "Standby",
+                                 f"standing by: {holder} reconciles; this replica answers reads")
+                self._status.set("Reconciling", False, "Standby", "the leader reconciles")
+        if leading and not was:
+            log.info("leading: this replica reconciles (%s)", self.leadership.identity)
+            self._wake.set()  # the loop reconciles at once: the old leader may have stopped half-way
+        elif was and not leading:
+            log.warning("leadership lost: standing by; no new change starts here")
+        if not leading and seen.get("readable"):
+            self.ready = True  # a standby serves reads (API, /metrics, /public) as soon as it can read state
 
     def stop(self) -> None:
         if not self.stop_event.is_set():
@@ -200,19 +252,23 @@ class Controller:
 
     def run(self) -> None:
         next_due = 0.0
+        led = False
         while not self.stop_event.is_set():
             checked, error = self._check()
+            leading = self.leading
+            became, led = leading and not led, leading  # a new leader reconciles at once
             with self._lock:
                 manual, self._manual = self._manual, False
                 new = checked is not None and checked != self._attempted_check
                 due = time.monotonic() >= next_due
-                go = manual or (not self.suspend and (new or due))
+                go = (manual or (not self.suspend and (new or due or became))) and leading
                 self._running = go
             if go:
                 ok = self._attempt(checked if not manual else None, error if not manual else None)
                 self._failures = 0 if ok else self._failures + 1
                 next_due = time.monotonic() + self._delay()
-            self._wake.wait(max(0.0, min(next_due - time.monotonic(), self.poll)))
+            poll = self.poll if self.leading else self.leader_poll
+            self._wake.wait(max(0.0, min(next_due - time.monotonic(), poll)))
             self._wake.clear()
 
     def _delay(self) -> float:
@@ -232,6 +288,9 @@ class Controller:
         with self._lock:
             self._status.begin(checked)
         try:
+            recovered = self.ctx.recover()  # tasks of a replica (or an apply) that died meanwhile
+            if recovered:
+                log.warning("%d task(s) of processes that are gone marked failed; their work is redone", recovered)
             outcome = self._reconcile(checked, error)
         except Exception as exc:  # a bug must not end the loop: report it and retry
             log.exception("reconcile failed unexpectedly")
@@ -277,6 +336,8 @@ class Controller:
             return _Outcome(False, "SourceUnavailable", str(exc))
         except _Stopping:
             return _Outcome(False, "Interrupted", "shutdown began; the remaining changes wait for the next start")
+        except _LostLeadership:
+            return _Outcome(False, "LeadershipLost", "this replica no longer leads; the new leader reconciles the rest")
         except ReconcilerError as exc:
             return _Outcome(False, "ReconcileFailed", str(exc))
 
@@ -303,9 +364,12 @@ class Controller:
         return _Outcome(True, "ReconciliationSucceeded", f"applied revision {revision} ({what})")
 
     def _on_event(self, event: events.Event) -> None:
-        """Once shutdown began, start no further change: the running one has finished."""
+        """Once shutdown began, or the leadership was lost, start no further change: the
+        running one has finished (and held its locks throughout)."""
         if not event.finished and self.stop_event.is_set():
             raise _Stopping()
+        if not event.finished and not self.leading:
+            raise _LostLeadership()
 
 
 def _log_line(text: str) -> None:
@@ -420,6 +484,7 @@ class Options:
     token_file: Path | None = None
     serve_public: bool = False
     grace: float = 30.0
+    leader_poll: float = LEADER_POLL
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -467,7 +532,8 @@ def run(ctx: tasks.Context, source: Source, options: Options) -> int:
     metrics = Metrics(ctx)
     ctx.pool = MeteredPool(ctx.pool.root, metrics.download_bytes.inc)
     controller = Controller(ctx, source, interval=options.interval, owner=options.owner,
-                            suspend=options.suspend, metrics=metrics)
+                            suspend=options.suspend, metrics=metrics, leadership=leader.for_context(ctx),
+                            leader_poll=options.leader_poll)
     app = api.create_app(ctx, controller, metrics=metrics, token_file=options.token_file,
                          serve_public=options.serve_public)
     sock = _bind(options.listen)

@@ -151,6 +151,15 @@ class Context:
                 f"this root stopped); or, to start over deliberately, remove {self.pool_root or self.root / 'pool'} "
                 f"and the published trees under {self.publish_root}, then apply again (everything is downloaded again)")
 
+    def recover(self) -> int:
+        """Mark the tasks of processes that are gone as failed, now (a long-lived process,
+        like serve, calls it before each reconcile: a replica that died meanwhile)."""
+        db = self.connect()
+        try:
+            return recover(db, self.locks)
+        finally:
+            db.close()
+
     def store(self) -> Store:
         """A store for reads outside tasks (list, show, plan); created once per context."""
         if self._db is None:
