@@ -654,14 +654,12 @@ def test_two_replicas_on_postgres_lead_and_stand_by(chart, tmp_path):
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 2
     # A new pod comes up before an old one goes: a standby keeps serving reads.
-    assert deployment["spec"]["strategy"] == {
-        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     selector = deployment["spec"]["selector"]["matchLabels"]
     pdb = one(docs, "PodDisruptionBudget", FULLNAME)
     assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
     (preferred,) = pod_spec(docs)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
-    assert preferred["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
-                                            "labelSelector": {"matchLabels": selector}}
+    assert preferred["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector}}
     c = container(docs, "reconciler")
     # Standbys are ready: they answer reads.
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -696,8 +694,7 @@ def test_state_url_from_an_existing_secret(chart, tmp_path):
     docs = parse(render_raw(chart, values))
     validate_objects(docs, tmp_path)
     env = env_of(container(docs, "reconciler"))
-    assert env["RECONCILER_STATE"] == {
-        "name": "RECONCILER_STATE", "valueFrom": {"secretKeyRef": {"name": "apt-pg", "key": "dsn"}}}
+    assert env["RECONCILER_STATE"] == {"name": "RECONCILER_STATE", "valueFrom": {"secretKeyRef": {"name": "apt-pg", "key": "dsn"}}}
     assert "RECONCILER_STATE_PASSWORD_FILE" not in env
     assert "state-password" not in volumes(docs)
     assert objects(docs, "Secret") == []
@@ -722,8 +719,11 @@ def test_ha_values_take_the_password_from_an_existing_secret(ci_docs):
 
 
 def test_own_anti_affinity_is_kept(chart):
-    mine = {"requiredDuringSchedulingIgnoredDuringExecution": [
-        {"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"a": "b"}}}]}
+    mine = {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"a": "b"}}}
+        ]
+    }
     docs = parse(render_raw(chart, merged(scaled_out(), {"affinity": {"podAntiAffinity": mine}})))
     assert pod_spec(docs)["affinity"] == {"podAntiAffinity": mine}
 
@@ -757,8 +757,7 @@ SCALE_OUT_REFUSED = {
         ["at '/state/postgres/enabled': value must be true"],
     ),
     "no-shared-storage": (
-        {"replicaCount": 2, "state": {"postgres": {"enabled": True, "host": "db"}},
-         "persistence": {"accessModes": ["ReadWriteOnce"]}},
+        {"replicaCount": 2, "state": {"postgres": {"enabled": True, "host": "db"}}, "persistence": {"accessModes": ["ReadWriteOnce"]}},
         ["at '/storage/shared/enabled': value must be true"],
     ),
     "read-write-once-shared-storage": (
@@ -790,14 +789,21 @@ def chart_without_schema(tmp_path_factory):
         loaded.close()
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"replicaCount": 2, "storage": {"shared": {"enabled": True}}},
-     "replicaCount 2 needs state.postgres.enabled: SQLite state"),
-    ({"replicaCount": 2, "state": {"postgres": {"enabled": True, "host": "db"}}},
-     "replicaCount 2 needs storage.shared.enabled with ReadWriteMany"),
-    (merged(scaled_out(), {"storage": {"shared": {"accessModes": ["ReadWriteOnce"]}}}),
-     "replicaCount 2 needs storage.shared.enabled with ReadWriteMany"),
-], ids=["sqlite-state", "no-shared-storage", "read-write-once-shared-storage"])
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"replicaCount": 2, "storage": {"shared": {"enabled": True}}}, "replicaCount 2 needs state.postgres.enabled: SQLite state"),
+        (
+            {"replicaCount": 2, "state": {"postgres": {"enabled": True, "host": "db"}}},
+            "replicaCount 2 needs storage.shared.enabled with ReadWriteMany",
+        ),
+        (
+            merged(scaled_out(), {"storage": {"shared": {"accessModes": ["ReadWriteOnce"]}}}),
+            "replicaCount 2 needs storage.shared.enabled with ReadWriteMany",
+        ),
+    ],
+    ids=["sqlite-state", "no-shared-storage", "read-write-once-shared-storage"],
+)
 def test_templates_refuse_replicas_without_postgres_and_shared_storage(chart_without_schema, values, message):
     with pytest.raises(helm.HelmRenderError, match=message):
         render_raw(chart_without_schema, values)
@@ -860,7 +866,16 @@ def test_state_url_options(chart):
 
     assert state_env(host="fd00::5", port=6432, sslmode="") == "postgresql://reconciler@[fd00::5]:6432/reconciler"
     assert state_env(url="postgresql://r@db/r?application_name=x", sslmode="verify-full") == (
-        "postgresql://r@db/r?application_name=x&sslmode=verify-full")
+        "postgresql://r@db/r?application_name=x&sslmode=verify-full"
+    )
     # One replica on PostgreSQL without shared storage keeps the root claim.
     docs = parse(render_raw(chart, {"state": {"postgres": {"enabled": True, "host": "db"}}}))
     assert volumes(docs)["root"]["persistentVolumeClaim"]["claimName"] == FULLNAME
+
+
+def test_config_checksum_follows_the_state_password(chart):
+    def checksum(values):
+        docs = parse(render_raw(chart, values))
+        return one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum(scaled_out()) != checksum(scaled_out(password={"value": "another-password"}))
