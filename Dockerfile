@@ -18,7 +18,9 @@ WORKDIR /src
 COPY pyproject.toml README.md* ./
 COPY reconciler ./reconciler
 # pip byte-compiles what it installs: nothing needs writing at run time.
-RUN pip install .
+# The postgres extra (psycopg with its own libpq): a PostgreSQL state
+# (RECONCILER_STATE=postgresql://...), which several `serve` replicas share.
+RUN pip install '.[postgres]'
 
 # ---- runtime ----
 FROM ${PYTHON_IMAGE} AS runtime

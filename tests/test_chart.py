@@ -131,7 +131,7 @@ def ci_docs(chart) -> dict[str, list[dict[str, Any]]]:
 
 
 def test_ci_values_files_cover_the_main_setups():
-    assert {"default", "git", "public"} <= set(CI_IDS)
+    assert {"default", "git", "public", "ha"} <= set(CI_IDS)
 
 
 @pytest.mark.parametrize("values_file", CI_FILES + [None], ids=CI_IDS + ["chart-defaults"])
@@ -152,7 +152,11 @@ def test_ci_values_pass_the_schema(chart, name):
 @pytest.mark.parametrize("name", CI_IDS + ["chart-defaults"])
 def test_rendered_manifests_are_valid_kubernetes_objects(chart, name, tmp_path):
     values = ci_values(name) if name != "chart-defaults" else {}
-    docs = parse(render_raw(chart, values))
+    validate_objects(parse(render_raw(chart, values)), tmp_path)
+
+
+def validate_objects(docs: list[dict[str, Any]], tmp_path: Path) -> None:
+    """kubernetes-validate --strict on every object."""
     files = []
     for i, doc in enumerate(docs):
         path = tmp_path / f"{i:02d}-{doc['kind'].lower()}.yaml"
@@ -180,7 +184,7 @@ def unknown(where: str, key: str) -> str:
 # must be refused on its own, and for that reason.
 BAD_VALUES = {
     # unknown keys, at every level
-    "unknown-top-level-key": ({"replicaCount": 2}, unknown("", "replicaCount")),
+    "unknown-top-level-key": ({"replicas": 2}, unknown("", "replicas")),
     "unknown-key-in-serve": ({"serve": {"logLevel": "debug"}}, unknown("/serve", "logLevel")),
     "unknown-key-in-git": ({"source": {"git": {"branch": "main"}}}, unknown("/source/git", "branch")),
     "unknown-key-in-git-auth-secret-keys": (
@@ -229,6 +233,14 @@ BAD_VALUES = {
     "bad-spec-file-name": ({"source": {"configMap": {"specs": {"dir/a.yaml": "x"}}}}, "'dir/a.yaml' does not match"),
     "required-key-removed": ({"image": {"repository": None}}, "at '/image': missing property 'repository'"),
     "relative-signing-mount": ({"signing": {"mountPath": "etc/signing"}}, "at '/signing/mountPath'"),
+    "zero-replicas": ({"replicaCount": 0}, "at '/replicaCount': minimum"),
+    "bad-enum-sslmode": ({"state": {"postgres": {"sslmode": "on"}}}, "at '/state/postgres/sslmode'"),
+    "state-url-not-postgres": ({"state": {"postgres": {"url": "mysql://db/x"}}}, "at '/state/postgres/url'"),
+    "unknown-key-in-state-password": (
+        {"state": {"postgres": {"password": {"file": "/p"}}}},
+        unknown("/state/postgres/password", "file"),
+    ),
+    "unknown-key-in-shared-storage": ({"storage": {"shared": {"size2": "1Gi"}}}, unknown("/storage/shared", "size2")),
 }
 
 
@@ -289,7 +301,7 @@ def test_templates_refuse_inconsistent_values(chart, values, message):
 # --------------------------------------------------------------------------- every setup
 
 
-@pytest.mark.parametrize("name", CI_IDS)
+@pytest.mark.parametrize("name", [n for n in CI_IDS if n != "ha"])
 def test_deployment_is_a_single_recreated_replica(ci_docs, name):
     deployment = one(ci_docs[name], "Deployment")
     assert deployment["spec"]["replicas"] == 1
@@ -618,3 +630,252 @@ def test_specs_configmap_mount_layout_loads_each_spec_once(tmp_path):
     files, issues = loader.spec_files([mount])
     assert issues == []
     assert files == [mount / "bookworm.yaml"]
+
+
+# --------------------------------------------------------------------------- several replicas
+
+PG_PASSWORD = "pg-not-a-real-password"
+
+
+def scaled_out(**postgres: Any) -> dict[str, Any]:
+    """Two replicas, PostgreSQL state built from values, a chart-made RWX claim."""
+    pg = {"enabled": True, "host": "postgres.db.svc", "password": {"value": PG_PASSWORD}, **postgres}
+    return {"replicaCount": 2, "state": {"postgres": pg}, "storage": {"shared": {"enabled": True}}}
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c["env"]}
+
+
+def test_two_replicas_on_postgres_lead_and_stand_by(chart, tmp_path):
+    raw = render_raw(chart, scaled_out())
+    docs = parse(raw)
+    validate_objects(docs, tmp_path)
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    # A new pod comes up before an old one goes: a standby keeps serving reads.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    pdb = one(docs, "PodDisruptionBudget", FULLNAME)
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    (preferred,) = pod_spec(docs)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector}}
+    c = container(docs, "reconciler")
+    # Standbys are ready: they answer reads.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    env = env_of(c)
+    assert env["RECONCILER_STATE"]["value"] == "postgresql://reconciler@postgres.db.svc:5432/reconciler?sslmode=require"
+    # The password: a file from the chart-made Secret, named by RECONCILER_STATE_PASSWORD_FILE.
+    secret = one(docs, "Secret", f"{FULLNAME}-state")
+    assert secret["stringData"] == {"password": PG_PASSWORD}
+    password_file = Path(env["RECONCILER_STATE_PASSWORD_FILE"]["value"])
+    mount = mounts(c)[str(password_file.parent)]
+    assert mount["readOnly"] is True
+    vol = volumes(docs)[mount["name"]]["secret"]
+    assert vol["secretName"] == secret["metadata"]["name"]
+    assert vol["items"] == [{"key": "password", "path": password_file.name}]
+    # Pool and published trees on the shared claim; the root is the pod's own.
+    pvc = one(docs, "PersistentVolumeClaim", f"{FULLNAME}-shared")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    shared = mounts(c)["/var/lib/reconciler-shared"]
+    assert volumes(docs)[shared["name"]]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert env["RECONCILER_POOL"]["value"] == "/var/lib/reconciler-shared/pool"
+    assert env["RECONCILER_PUBLISH_ROOT"]["value"] == "/var/lib/reconciler-shared/public"
+    assert volumes(docs)["root"] == {"name": "root", "emptyDir": {}}
+    # The password is in the chart-made Secret and nowhere else (NOTES.txt included).
+    assert PG_PASSWORD not in yaml.safe_dump_all([d for d in docs if d is not secret])
+    assert PG_PASSWORD not in raw["reconciler/templates/NOTES.txt"]
+    assert [path for path, text in raw.items() if PG_PASSWORD in text] == ["reconciler/templates/secret-state.yaml"]
+
+
+def test_state_url_from_an_existing_secret(chart, tmp_path):
+    values = scaled_out(host="", password={"value": ""}, urlSecret={"name": "apt-pg", "key": "dsn"})
+    docs = parse(render_raw(chart, values))
+    validate_objects(docs, tmp_path)
+    env = env_of(container(docs, "reconciler"))
+    assert env["RECONCILER_STATE"] == {"name": "RECONCILER_STATE", "valueFrom": {"secretKeyRef": {"name": "apt-pg", "key": "dsn"}}}
+    assert "RECONCILER_STATE_PASSWORD_FILE" not in env
+    assert "state-password" not in volumes(docs)
+    assert objects(docs, "Secret") == []
+
+
+def test_ha_values_take_the_password_from_an_existing_secret(ci_docs):
+    docs = ci_docs["ha"]
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert objects(docs, "Secret") == []
+    assert objects(docs, "PersistentVolumeClaim") == []
+    vols = volumes(docs)
+    assert vols["shared"]["persistentVolumeClaim"]["claimName"] == "apt-shared"
+    assert vols["state-password"]["secret"]["secretName"] == "apt-postgres"
+    assert vols["state-password"]["secret"]["items"] == [{"key": "reconciler-password", "path": "password"}]
+    env = env_of(container(docs, "reconciler"))
+    assert env["RECONCILER_STATE"]["value"] == "postgresql://reconciler@postgres.db.svc:5432/apt?sslmode=require"
+    # nginx serves the published trees from the shared claim.
+    assert mounts(container(docs, "public"))["/var/lib/reconciler-shared"]["readOnly"] is True
+    conf = one(docs, "ConfigMap", f"{FULLNAME}-nginx")["data"]["nginx.conf"]
+    assert "root /var/lib/reconciler-shared/public;" in conf
+
+
+def test_own_anti_affinity_is_kept(chart):
+    mine = {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"a": "b"}}}
+        ]
+    }
+    docs = parse(render_raw(chart, merged(scaled_out(), {"affinity": {"podAntiAffinity": mine}})))
+    assert pod_spec(docs)["affinity"] == {"podAntiAffinity": mine}
+
+
+def test_one_replica_on_postgres_is_still_recreated(chart):
+    docs = parse(render_raw(chart, merged(scaled_out(), {"replicaCount": 1})))
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert objects(docs, "PodDisruptionBudget") == []
+    assert "affinity" not in pod_spec(docs)
+
+
+def test_default_render_is_one_recreated_replica_without_a_budget(chart):
+    docs = parse(render_raw(chart, {}))
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert objects(docs, "PodDisruptionBudget") == []
+    assert "affinity" not in pod_spec(docs)
+    env = env_of(container(docs, "reconciler"))
+    assert not {"RECONCILER_STATE", "RECONCILER_STATE_PASSWORD_FILE", "RECONCILER_POOL"} & set(env)
+    assert volumes(docs)["root"]["persistentVolumeClaim"]["claimName"] == FULLNAME
+    assert [p["metadata"]["name"] for p in objects(docs, "PersistentVolumeClaim")] == [FULLNAME]
+
+
+# replicaCount > 1 without what it needs: the schema refuses it at the value to change.
+SCALE_OUT_REFUSED = {
+    "sqlite-state": (
+        {"replicaCount": 2, "storage": {"shared": {"enabled": True}}},
+        ["at '/state/postgres/enabled': value must be true"],
+    ),
+    "no-shared-storage": (
+        {"replicaCount": 2, "state": {"postgres": {"enabled": True, "host": "db"}}, "persistence": {"accessModes": ["ReadWriteOnce"]}},
+        ["at '/storage/shared/enabled': value must be true"],
+    ),
+    "read-write-once-shared-storage": (
+        merged(scaled_out(), {"storage": {"shared": {"accessModes": ["ReadWriteOnce"]}}}),
+        ["at '/storage/shared/accessModes'", "'ReadWriteMany'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("values,where", SCALE_OUT_REFUSED.values(), ids=SCALE_OUT_REFUSED.keys())
+def test_schema_refuses_replicas_without_postgres_and_shared_storage(chart, values, where):
+    for attempt in (chart.validate_schema, lambda v: render_raw(chart, v)):
+        with pytest.raises(helm.HelmValuesError) as refused:
+            attempt(values)
+        for part in where:
+            assert part in str(refused.value)
+
+
+@pytest.fixture(scope="module")
+def chart_without_schema(tmp_path_factory):
+    """The chart with values.schema.json removed: the templates' own checks must hold."""
+    copy_dir = tmp_path_factory.mktemp("chart") / "reconciler"
+    shutil.copytree(CHART_DIR, copy_dir)
+    (copy_dir / "values.schema.json").unlink()
+    loaded = helm.Chart.load(copy_dir)
+    try:
+        yield loaded
+    finally:
+        loaded.close()
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"replicaCount": 2, "storage": {"shared": {"enabled": True}}}, "replicaCount 2 needs state.postgres.enabled: SQLite state"),
+        (
+            {"replicaCount": 2, "state": {"postgres": {"enabled": True, "host": "db"}}},
+            "replicaCount 2 needs storage.shared.enabled with ReadWriteMany",
+        ),
+        (
+            merged(scaled_out(), {"storage": {"shared": {"accessModes": ["ReadWriteOnce"]}}}),
+            "replicaCount 2 needs storage.shared.enabled with ReadWriteMany",
+        ),
+    ],
+    ids=["sqlite-state", "no-shared-storage", "read-write-once-shared-storage"],
+)
+def test_templates_refuse_replicas_without_postgres_and_shared_storage(chart_without_schema, values, message):
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render_raw(chart_without_schema, values)
+    # Without the schema, the chart still renders what is consistent.
+    render_raw(chart_without_schema, scaled_out())
+
+
+BAD_STATE = {
+    "postgres-without-host": (
+        {"state": {"postgres": {"enabled": True}}},
+        "needs state.postgres.urlSecret.name, url or host",
+    ),
+    "url-and-host": (
+        {"state": {"postgres": {"enabled": True, "url": "postgresql://r@db/r", "host": "db"}}},
+        "only one of state.postgres.url and state.postgres.host",
+    ),
+    "password-in-url": (
+        {"state": {"postgres": {"enabled": True, "url": "postgresql://r:hunter2@db/r"}}},
+        "state.postgres.url holds a password",
+    ),
+    "password-in-url-query": (
+        {"state": {"postgres": {"enabled": True, "url": "postgresql://r@db/r?password=hunter2"}}},
+        "state.postgres.url holds a password",
+    ),
+    "sslmode-twice": (
+        {"state": {"postgres": {"enabled": True, "url": "postgresql://r@db/r?sslmode=disable"}}},
+        "sets sslmode and so does",
+    ),
+    "url-secret-and-host": (
+        {"state": {"postgres": {"enabled": True, "host": "db", "urlSecret": {"name": "s"}}}},
+        "urlSecret holds the whole state URL",
+    ),
+    "password-inline-and-existing": (
+        {"state": {"postgres": {"enabled": True, "host": "db", "password": {"existingSecret": "s", "value": "v"}}}},
+        "only one of state.postgres.password",
+    ),
+    "shared-storage-on-sqlite": (
+        {"storage": {"shared": {"enabled": True}}},
+        "storage.shared.enabled needs state.postgres.enabled",
+    ),
+    "shared-storage-and-existing-root-claim": (
+        merged(scaled_out(), {"persistence": {"existingClaim": "old"}}),
+        "only one of storage.shared and persistence.existingClaim",
+    ),
+}
+
+
+@pytest.mark.parametrize("values,message", BAD_STATE.values(), ids=BAD_STATE.keys())
+def test_templates_refuse_inconsistent_state_values(chart, values, message):
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render_raw(chart, values)
+
+
+def test_state_url_options(chart):
+    def state_env(**postgres: Any) -> str:
+        docs = parse(render_raw(chart, {"state": {"postgres": {"enabled": True, **postgres}}}))
+        env = env_of(container(docs, "reconciler"))
+        assert "RECONCILER_STATE_PASSWORD_FILE" not in env  # no password given: none mounted
+        return env["RECONCILER_STATE"]["value"]
+
+    assert state_env(host="fd00::5", port=6432, sslmode="") == "postgresql://reconciler@[fd00::5]:6432/reconciler"
+    assert state_env(url="postgresql://r@db/r?application_name=x", sslmode="verify-full") == (
+        "postgresql://r@db/r?application_name=x&sslmode=verify-full"
+    )
+    # One replica on PostgreSQL without shared storage keeps the root claim.
+    docs = parse(render_raw(chart, {"state": {"postgres": {"enabled": True, "host": "db"}}}))
+    assert volumes(docs)["root"]["persistentVolumeClaim"]["claimName"] == FULLNAME
+
+
+def test_config_checksum_follows_the_state_password(chart):
+    def checksum(values):
+        docs = parse(render_raw(chart, values))
+        return one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum(scaled_out()) != checksum(scaled_out(password={"value": "another-password"}))

@@ -64,7 +64,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Fixed paths inside the containers. */}}
 {{- define "reconciler.rootPath" -}}/var/lib/reconciler{{- end }}
-{{- define "reconciler.publicPath" -}}/var/lib/reconciler/public{{- end }}
+{{- define "reconciler.sharedPath" -}}/var/lib/reconciler-shared{{- end }}
+{{/* The published trees: under the root, or on the shared claim. */}}
+{{- define "reconciler.publicPath" -}}
+{{- if .Values.storage.shared.enabled }}{{ include "reconciler.sharedPath" . }}/public{{ else }}/var/lib/reconciler/public{{ end }}
+{{- end }}
+{{- define "reconciler.poolPath" -}}{{ include "reconciler.sharedPath" . }}/pool{{- end }}
+{{- define "reconciler.statePasswordPath" -}}/etc/reconciler/state{{- end }}
 {{- define "reconciler.specsPath" -}}/etc/reconciler/specs{{- end }}
 {{- define "reconciler.gitCredentialsPath" -}}/etc/reconciler/git{{- end }}
 {{- define "reconciler.trustedKeysPath" -}}/etc/reconciler/trusted-keys{{- end }}
@@ -96,6 +102,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "reconciler.fullname" .) .Values.persistence.existingClaim }}
 {{- end }}
 
+{{- define "reconciler.sharedClaimName" -}}
+{{- default (printf "%s-shared" (include "reconciler.fullname" .)) .Values.storage.shared.existingClaim }}
+{{- end }}
+
+{{- define "reconciler.statePasswordSecretName" -}}
+{{- default (printf "%s-state" (include "reconciler.fullname" .)) .Values.state.postgres.password.existingSecret }}
+{{- end }}
+
 {{/* Which optional pieces are on. */}}
 {{- define "reconciler.gitSource" -}}
 {{- if eq .Values.source.type "git" }}true{{ end }}
@@ -107,6 +121,35 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "reconciler.verifyCommits" -}}
 {{- if and (include "reconciler.gitSource" .) .Values.source.git.verifyCommits.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Several pods: one leader on a PostgreSQL state, the rest standing by. */}}
+{{- define "reconciler.scaledOut" -}}
+{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- end }}
+
+{{/* A password file is mounted: the URL is built from values and a password is given. */}}
+{{- define "reconciler.statePasswordFile" -}}
+{{- $pg := .Values.state.postgres }}
+{{- if and $pg.enabled (not $pg.urlSecret.name) (or $pg.password.existingSecret $pg.password.value) }}true{{ end }}
+{{- end }}
+
+{{/*
+The state URL built from values (never with a password): url, or host/port/database/user,
+and sslmode.
+*/}}
+{{- define "reconciler.stateURL" -}}
+{{- $pg := .Values.state.postgres }}
+{{- $url := $pg.url }}
+{{- if not $url }}
+{{- $host := $pg.host }}
+{{- if contains ":" $host }}{{ $host = printf "[%s]" $host }}{{ end }}
+{{- $url = printf "postgresql://%s@%s:%d/%s" $pg.user $host (int $pg.port) $pg.database }}
+{{- end }}
+{{- if $pg.sslmode }}
+{{- $url = printf "%s%ssslmode=%s" $url (ternary "&" "?" (contains "?" $url)) $pg.sslmode }}
+{{- end }}
+{{- $url }}
 {{- end }}
 
 {{- define "reconciler.signingEnabled" -}}
@@ -157,8 +200,55 @@ Checks the schema cannot express: they depend on several values at once.
     {{- fail "set only one of apiToken.existingSecret and apiToken.value" }}
   {{- end }}
 {{- end }}
+{{- include "reconciler.validateScaleOut" . }}
 {{- if and .Values.publicServer.enabled (eq (int .Values.publicServer.port) (int .Values.serve.port)) }}
   {{- fail "publicServer.port must differ from serve.port: both containers share the pod's network" }}
+{{- end }}
+{{- end }}
+
+{{/*
+State, shared storage and replicas. The schema refuses replicaCount > 1 without them too;
+these messages say why, and hold when the schema is skipped.
+*/}}
+{{- define "reconciler.validateScaleOut" -}}
+{{- $pg := .Values.state.postgres }}
+{{- $shared := .Values.storage.shared }}
+{{- if include "reconciler.scaledOut" . }}
+  {{- if not $pg.enabled }}
+    {{- fail (printf "replicaCount %d needs state.postgres.enabled: SQLite state (state.db on the root volume) serves one pod only; set replicaCount: 1, or move the state to PostgreSQL (reconciler state copy --to postgresql://...)" (int .Values.replicaCount)) }}
+  {{- end }}
+  {{- if not (and $shared.enabled (has "ReadWriteMany" $shared.accessModes)) }}
+    {{- fail (printf "replicaCount %d needs storage.shared.enabled with ReadWriteMany in storage.shared.accessModes: every pod reads and writes the same pool and published trees; give a ReadWriteMany claim (storage.shared.existingClaim) or a storageClass that provides one, or set replicaCount: 1" (int .Values.replicaCount)) }}
+  {{- end }}
+{{- end }}
+{{- if and $shared.enabled (not $pg.enabled) }}
+  {{- fail "storage.shared.enabled needs state.postgres.enabled: with storage.shared the root is an emptyDir of the pod, and state.db on it would be lost with the pod" }}
+{{- end }}
+{{- if and $shared.enabled .Values.persistence.existingClaim }}
+  {{- fail "set only one of storage.shared and persistence.existingClaim: with storage.shared the pool and the published trees are on the shared claim and the root is an emptyDir" }}
+{{- end }}
+{{- if $pg.enabled }}
+  {{- if $pg.urlSecret.name }}
+    {{- if or $pg.url $pg.host $pg.password.existingSecret $pg.password.value }}
+      {{- fail "state.postgres.urlSecret holds the whole state URL: leave state.postgres.url, host and password empty" }}
+    {{- end }}
+  {{- else }}
+    {{- if and (not $pg.url) (not $pg.host) }}
+      {{- fail "state.postgres.enabled needs state.postgres.urlSecret.name, url or host" }}
+    {{- end }}
+    {{- if and $pg.url $pg.host }}
+      {{- fail "set only one of state.postgres.url and state.postgres.host" }}
+    {{- end }}
+    {{- if or (regexMatch "^[a-z]+://[^/@]*:[^/@]*@" $pg.url) (contains "password=" $pg.url) }}
+      {{- fail "state.postgres.url holds a password: it would be readable in the pod spec; put it in state.postgres.password (or the whole URL in a Secret: state.postgres.urlSecret)" }}
+    {{- end }}
+    {{- if and $pg.sslmode (contains "sslmode=" $pg.url) }}
+      {{- fail "state.postgres.url sets sslmode and so does state.postgres.sslmode: set sslmode: \"\" or drop it from the URL" }}
+    {{- end }}
+    {{- if and $pg.password.existingSecret $pg.password.value }}
+      {{- fail "set only one of state.postgres.password.existingSecret and state.postgres.password.value" }}
+    {{- end }}
+  {{- end }}
 {{- end }}
 {{- end }}
 
@@ -238,7 +328,7 @@ so that `helm upgrade` with changed specs, keys or credentials restarts the pod.
 */}}
 {{- define "reconciler.configChecksum" -}}
 {{- $parts := list }}
-{{- range $t := list "configmap-specs.yaml" "configmap-trusted-keys.yaml" "configmap-nginx.yaml" "secret-git.yaml" "secret-signing.yaml" "secret-api-token.yaml" }}
+{{- range $t := list "configmap-specs.yaml" "configmap-trusted-keys.yaml" "configmap-nginx.yaml" "secret-git.yaml" "secret-signing.yaml" "secret-api-token.yaml" "secret-state.yaml" }}
 {{- $parts = append $parts (include (print $.Template.BasePath "/" $t) $) }}
 {{- end }}
 {{- $parts | join "\n---\n" | sha256sum }}
