@@ -146,6 +146,7 @@ class Controller:
         # None: this controller always leads (one process by construction, as in tests)
         self.leadership, self.leader_poll = leadership, leader_poll
         self._seen_leadership: dict | None = None
+        self._leading_thread: threading.Thread | None = None
         self.metrics = metrics or Metrics(ctx)
         self.poll = min(interval, GIT_POLL if source.describe()["type"] == "git" else DIR_POLL)
         self.specs: Specs | None = None
@@ -211,10 +212,15 @@ class Controller:
     def start(self) -> threading.Thread:
         if self.leadership is not None:
             self._poll_leadership()  # the first answer before the API or the loop uses it
-            threading.Thread(target=self._lead, name="leadership", daemon=True).start()
+            self._leading_thread = threading.Thread(target=self._lead, name="leadership", daemon=True)
+            self._leading_thread.start()
         self._thread = threading.Thread(target=self.run, name="reconcile-loop", daemon=True)
         self._thread.start()
         return self._thread
+
+    def join_leadership(self, timeout: float) -> None:
+        if self._leading_thread is not None:
+            self._leading_thread.join(timeout)
 
     def _lead(self) -> None:
         """Take or keep the leadership every `leader_poll` seconds; give it up on shutdown."""
@@ -531,6 +537,9 @@ def run(ctx: tasks.Context, source: Source, options: Options) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = Metrics(ctx)
     ctx.pool = MeteredPool(ctx.pool.root, metrics.download_bytes.inc)
+    use_pool = getattr(ctx.backend, "use_pool", None)
+    if use_pool:  # PostgreSQL: the API's many short sessions reuse connections
+        use_pool(max_size=16)
     controller = Controller(ctx, source, interval=options.interval, owner=options.owner,
                             suspend=options.suspend, metrics=metrics, leadership=leader.for_context(ctx),
                             leader_poll=options.leader_poll)
@@ -554,6 +563,9 @@ def run(ctx: tasks.Context, source: Source, options: Options) -> int:
         log.warning("grace period over with a task still running; it resumes on the next start")
         logging.shutdown()
         os._exit(0)  # download threads (non-daemon) would otherwise hold the interpreter open
+    controller.join_leadership(timeout=2.0)  # the lease released before the connections close
+    if use_pool:
+        ctx.backend.close()
     log.info("stopped")
     return 0
 

@@ -134,8 +134,9 @@ class PostgresSession:
 
     dialect = DIALECT
 
-    def __init__(self, conn):
+    def __init__(self, conn, pool=None):
         self.conn = conn
+        self._pool = pool
 
     def execute(self, sql: str, params: Sequence[Any] = ()):
         return self.conn.execute(translate(sql), tuple(params))
@@ -197,7 +198,10 @@ class PostgresSession:
         return row is not None
 
     def close(self) -> None:
-        self.conn.close()
+        if self._pool is not None:
+            self._pool.putconn(self.conn)  # reset first: see PostgresBackend.use_pool
+        else:
+            self.conn.close()
 
 
 class PostgresBackend:
@@ -211,9 +215,36 @@ class PostgresBackend:
                              f"install reconciler[postgres] ({_MISSING})")
         self.url = url
         self._conninfo = _conninfo(url)
+        self._pool = None
+        self._current = False  # the schema was found current once: pooled sessions skip the check
+
+    def use_pool(self, *, min_size: int = 1, max_size: int = 16) -> None:
+        """Hand out pooled connections from now on (serve: one session per API request).
+
+        A connection goes back reset: its advisory locks released (a task's are released
+        by the task already; this is the guard) and its temporary tables dropped, so no
+        lock or scratch table of one session is ever seen by the next."""
+        from psycopg_pool import ConnectionPool
+
+        def configure(conn) -> None:
+            conn.autocommit = True
+
+        def reset(conn) -> None:
+            conn.execute("SELECT pg_advisory_unlock_all()")
+            conn.execute("DISCARD TEMP")
+
+        self._pool = ConnectionPool(self._conninfo, min_size=min_size, max_size=max_size, open=True,
+                                    configure=configure, reset=reset, check=ConnectionPool.check_connection,
+                                    kwargs={"connect_timeout": 10}, name="reconciler-state")
 
     def describe(self) -> str:
         return backend.redact(self.url)
+
+    def close(self) -> None:
+        """Close the pool's connections (serve at exit); sessions open new ones after."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def _connect(self):
         try:
@@ -229,6 +260,11 @@ class PostgresBackend:
             conn.close()
 
     def session(self, *, migrate: bool = True) -> PostgresSession:
+        if self._pool is not None and self._current:
+            try:
+                return PostgresSession(self._pool.getconn(timeout=30), self._pool)
+            except psycopg.Error as exc:
+                raise StateError(f"state database {self.describe()}: cannot connect: {str(exc).strip()}") from None
         conn = self._connect()
         try:
             if migrate:
@@ -238,6 +274,7 @@ class PostgresBackend:
         except BaseException:
             conn.close()
             raise
+        self._current = _version(conn) == migrations.SCHEMA_VERSION
         return PostgresSession(conn)
 
     def integrity_problems(self, session: PostgresSession) -> list[str]:
