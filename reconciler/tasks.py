@@ -79,7 +79,9 @@ class Context:
         self.publish_root = Path(self.publish_root) if self.publish_root else self.root / "public"
         self.backend = statebackend.open_backend(self.state or os.environ.get("RECONCILER_STATE"), self.root)
         self.locks = locks.manager_for(self.backend, self.root / "locks")
-        self.gnupghome = self.root / "gnupg"
+        # where signing keys are imported: RECONCILER_GNUPGHOME (the chart points it at a
+        # memory-backed volume, so secret keys never reach a disk), else ROOT/gnupg
+        self.gnupghome = Path(os.environ.get("RECONCILER_GNUPGHOME") or self.root / "gnupg")
         self._db: statebackend.Session | None = None
         self._pool: FilesystemPool | None = None
         self._scratch: tempfile.TemporaryDirectory | None = None
