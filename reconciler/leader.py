@@ -80,7 +80,7 @@ class Leadership:
         self.leading, self.since = False, None
         try:
             self._drop()
-        except (OSError, *statebackend.DATABASE_ERRORS):
+        except statebackend.errors_with(OSError):
             pass
 
     def release(self) -> None:
@@ -92,7 +92,7 @@ class Leadership:
                     db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (LEASE, self.identity))
                 finally:
                     db.close()
-            except (OSError, *statebackend.DATABASE_ERRORS):
+            except statebackend.errors_with(OSError):
                 pass
         self._lost()
 
@@ -124,7 +124,7 @@ class Leadership:
             readable = True
             if row:
                 lease = {"holder": row[0], "acquiredAt": row[1], "renewedAt": row[2]}
-        except (OSError, *statebackend.DATABASE_ERRORS, *_state_errors()):
+        except statebackend.errors_with(OSError, *_state_errors()):
             pass
         return {"role": "leader" if self.leading else "standby", "identity": self.identity,
                 "lease": lease, "renewSeconds": self.renew, "readable": readable}
@@ -171,15 +171,15 @@ class AdvisoryLeadership(Leadership):
 
     def __init__(self, ctx: tasks.Context, **kwargs):
         super().__init__(ctx, **kwargs)
-        self._session = None
+        self._session: statebackend.Session | None = None
 
     def _acquire(self) -> bool:
         from reconciler.state.postgres import advisory_key
 
         if self._session is None:
-            self._session = self.ctx.backend.session()
+            self._session = session = self.ctx.backend.session()
             for name, value in KEEPALIVE.items():
-                self._session.execute(f"SET {name} = {int(value)}")
+                session.execute(f"SET {name} = {int(value)}")
         return bool(self._session.execute("SELECT pg_try_advisory_lock(?)",
                                           (advisory_key("reconciler:leader"),)).fetchone()[0])
 

@@ -224,15 +224,18 @@ class Controller:
 
     def _lead(self) -> None:
         """Take or keep the leadership every `leader_poll` seconds; give it up on shutdown."""
+        assert self.leadership is not None
         while not self.stop_event.wait(self.leader_poll):
             self._poll_leadership()
         self.leadership.release()
         self.metrics.leader.set(0)
 
     def _poll_leadership(self) -> None:
-        was = self.leadership.leading
-        leading = self.leadership.poll()
-        seen = self.leadership.status()
+        leadership = self.leadership
+        assert leadership is not None  # the thread runs only with one
+        was = leadership.leading
+        leading = leadership.poll()
+        seen = leadership.status()
         self.metrics.leader.set(1 if leading else 0)
         with self._lock:
             self._seen_leadership = seen
@@ -242,7 +245,7 @@ class Controller:
                                  f"standing by: {holder} reconciles; this replica answers reads")
                 self._status.set("Reconciling", False, "Standby", "the leader reconciles")
         if leading and not was:
-            log.info("leading: this replica reconciles (%s)", self.leadership.identity)
+            log.info("leading: this replica reconciles (%s)", leadership.identity)
             self._wake.set()  # the loop reconciles at once: the old leader may have stopped half-way
         elif was and not leading:
             log.warning("leadership lost: standing by; no new change starts here")

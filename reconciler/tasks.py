@@ -145,7 +145,7 @@ class Context:
         return "state.db" if hasattr(self.backend, "path") else f"the database {self.state_name}"
 
     def _refuse_lost(self, what: str) -> None:
-        found = evidence(self.pool_root or self.root / "pool", self.publish_root)
+        found = evidence(self.pool_root or self.root / "pool", self.publish_root or self.root / "public")
         if found:
             raise StateError(
                 f"{self.state_name} {what}, but {' and '.join(found)}: the state that describes them is lost; "

@@ -192,7 +192,7 @@ def _record_failure(task: tasks.Task, name: str, owner: str, exc: ReconcilerErro
             row = store.mirrors.get(name)
             if exc is not None and row is not None and row.owner == owner:
                 store.mirrors.update(name, status="failed", last_error=str(exc)[:4000])
-    except (OSError, *statebackend.DATABASE_ERRORS):  # a full disk: the original error is the one to report
+    except statebackend.errors_with(OSError):  # a full disk: the original error is the one to report
         pass
 
 

@@ -31,8 +31,14 @@ OPERATIONAL: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
 
+def errors_with(*more: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """Every backend's database errors plus `more`, for one `except` clause."""
+    return (*more, *DATABASE_ERRORS)
+
+
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -74,7 +80,8 @@ class Dialect:
 
 
 class Session(Protocol):
-    dialect: Dialect
+    @property
+    def dialect(self) -> Dialect: ...
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
 
@@ -95,7 +102,9 @@ class Session(Protocol):
 
 class Backend(Protocol):
     url: str
-    dialect: Dialect
+
+    @property
+    def dialect(self) -> Dialect: ...
 
     def describe(self) -> str:
         """The state's place for messages (a path, or the URL without its password)."""
@@ -109,8 +118,12 @@ class Backend(Protocol):
         """A new connection; creates and upgrades the schema unless `migrate` is false."""
         ...
 
-    def integrity_problems(self, session: Session) -> list[str]:
+    def integrity_problems(self, session: Any) -> list[str]:
         """What the engine's own checks find wrong (empty when sound)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend holds (a connection pool); sessions still work after."""
         ...
 
 

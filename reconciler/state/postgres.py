@@ -32,18 +32,17 @@ from contextlib import contextmanager
 from itertools import count
 from typing import Any
 
+from reconciler.errors import StateError
+from reconciler.state import backend, migrations
+from reconciler.state.backend import Dialect
+
+_MISSING: ImportError | None = None
 try:
     import psycopg
     from psycopg.rows import dict_row
 except ImportError as exc:  # pragma: no cover - the extra is not installed
-    psycopg = None
+    psycopg = None  # type: ignore[assignment]
     _MISSING = exc
-else:
-    _MISSING = None
-
-from reconciler.errors import StateError
-from reconciler.state import backend, migrations
-from reconciler.state.backend import Dialect
 
 if psycopg is not None:
     backend.OPERATIONAL = (*backend.OPERATIONAL, psycopg.OperationalError)
@@ -215,7 +214,7 @@ class PostgresBackend:
                              f"install reconciler[postgres] ({_MISSING})")
         self.url = url
         self._conninfo = _conninfo(url)
-        self._pool = None
+        self._pool: Any = None
         self._current = False  # the schema was found current once: pooled sessions skip the check
 
     def use_pool(self, *, min_size: int = 1, max_size: int = 16) -> None:
@@ -277,7 +276,7 @@ class PostgresBackend:
         self._current = _version(conn) == migrations.SCHEMA_VERSION
         return PostgresSession(conn)
 
-    def integrity_problems(self, session: PostgresSession) -> list[str]:
+    def integrity_problems(self, session: Any) -> list[str]:
         """PostgreSQL checks its pages itself; what is left to check here is the references
         SQLite's foreign_key_check would find (none can exist: the constraints hold)."""
         return []

@@ -99,8 +99,11 @@ class SqliteBackend:
     def session(self, *, migrate: bool = True) -> SqliteSession:
         return connect(self.path, migrate=migrate)
 
-    def integrity_problems(self, session: SqliteSession) -> list[str]:
+    def integrity_problems(self, session: Any) -> list[str]:
         return integrity_problems(session)
+
+    def close(self) -> None:
+        """Nothing is pooled: each session is its own connection."""
 
 
 def connect(path: Path, *, migrate: bool = True) -> SqliteSession:

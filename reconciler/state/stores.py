@@ -9,6 +9,7 @@ own: a task hands it the connection it runs its transaction on.
 from __future__ import annotations
 
 import bisect
+import builtins
 import hashlib
 import json
 import time
@@ -47,7 +48,7 @@ def _stored_json(what: str, column: str, text: str | None, default: object = Non
     if not text and default is not None:
         return default
     try:
-        return json.loads(text)
+        return json.loads(text)  # type: ignore[arg-type]  # None is refused below, naming the object
     except (TypeError, ValueError) as exc:
         raise StateError(f"{what}: stored {column} is not valid JSON ({exc}); {RESTORE}") from None
 
@@ -62,6 +63,7 @@ def _stored_spec(what: str, text: str, model: type[BaseModel]) -> dict:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "spec"
         raise StateError(f"{what}: stored spec is not a valid spec ({where}: {first['msg']}); {RESTORE}") from None
+    assert isinstance(spec, dict)  # a model validated it
     return spec
 
 
@@ -211,7 +213,7 @@ class Packages:
         self.db = db
         self.d = db.dialect
 
-    def add(self, packages: Iterable[Package]) -> list[int]:
+    def add(self, packages: Iterable[Package]) -> builtins.list[int]:
         """Store packages not seen before; return the id of each, in order.
 
         Only the new ones are encoded: a next-day update of a 20,000-package mirror
@@ -395,7 +397,7 @@ class Mirrors:
     def delete(self, name: str) -> None:
         self.db.execute("DELETE FROM mirrors WHERE name = ?", (name,))
 
-    def users(self, name: str) -> list[str]:
+    def users(self, name: str) -> builtins.list[str]:
         """Snapshots taken from this mirror: what blocks dropping it."""
         return [r[0] for r in self.db.execute(
             "SELECT name FROM snapshots WHERE source_mirror = ? ORDER BY name", (name,))]
@@ -425,11 +427,11 @@ class Snapshots:
     def list(self) -> list[SnapshotRow]:
         return [self._row(r) for r in self.db.query(self._SELECT + " ORDER BY s.name")]
 
-    def of_series(self, series: str) -> list[SnapshotRow]:
+    def of_series(self, series: str) -> builtins.list[SnapshotRow]:
         return [self._row(r) for r in self.db.query(self._SELECT + " WHERE s.series = ? ORDER BY s.name", [series])]
 
     def create(self, name: str, *, owner: str, spec: dict, protect: bool, list_digest: str,
-               source_mirror: str | None, source_snapshots: list[str], series: str | None = None,
+               source_mirror: str | None, source_snapshots: builtins.list[str], series: str | None = None,
                created_at: str | None = None) -> None:
         """`created_at` (default: now) is when the snapshot was taken; a series dates its
         members by it, on the clock its planner reads."""
@@ -470,7 +472,7 @@ class Snapshots:
     def delete(self, name: str) -> None:
         self.db.execute("DELETE FROM snapshots WHERE name = ?", (name,))
 
-    def users(self, name: str) -> list[str]:
+    def users(self, name: str) -> builtins.list[str]:
         """Publishes pointing at this snapshot: what blocks dropping it."""
         return [r[0] for r in self.db.execute(
             "SELECT DISTINCT p.name FROM publish_sources s JOIN publishes p ON p.id = s.publish_id"
@@ -507,7 +509,7 @@ class Publishes:
     def list(self) -> list[PublishRow]:
         return [self._row(r) for r in self.db.query("SELECT * FROM publishes ORDER BY prefix, distribution")]
 
-    def under_prefix(self, prefix: str) -> list[PublishRow]:
+    def under_prefix(self, prefix: str) -> builtins.list[PublishRow]:
         return [self._row(r) for r in self.db.query("SELECT * FROM publishes WHERE prefix = ?", [prefix])]
 
     def save(self, name: str, *, owner: str, prefix: str, distribution: str, spec: dict, protect: bool,
@@ -563,7 +565,7 @@ class Owners:
         self.db.execute(f"UPDATE {table} SET owner = ? WHERE name = ?", (owner, name))
 
 
-def _error_of(load, *args) -> list[str]:
+def _error_of(load, *args) -> builtins.list[str]:
     try:
         load(*args)
     except StateError as exc:
@@ -593,7 +595,7 @@ class Store:
         self.db.execute("DELETE FROM pending_lists WHERE task_id NOT IN (SELECT id FROM tasks)")
         return cur.rowcount
 
-    def problems(self) -> list[str]:
+    def problems(self) -> builtins.list[str]:
         """Every stored row that does not decode (JSON, specs, list blobs): what verify reports."""
         found = []
         for table, store in (("mirrors", self.mirrors), ("snapshots", self.snapshots), ("publishes", self.publishes)):
