@@ -110,11 +110,12 @@ def pg_notes(runs: list[ToolRun]) -> list[str]:
 
 def resume_notes(runs: list[ToolRun]) -> list[str]:
     notes = [f"{RESUME}: package requests of the rerun, against what the kill left missing:"]
+    width = max((len(run.tool.name) for run in runs), default=0)
     for run in runs:
         r = run.resume
         if r is None:
             continue
-        notes.append(f"  {run.tool.name:<10} {r.rerun_requests:>6} requests for {r.missing} missing of "
+        notes.append(f"  {run.tool.name:<{width}} {r.rerun_requests:>6} requests for {r.missing} missing of "
                      f"{r.packages} ({r.rerun_range_requests} Range continuations, "
                      f"{r.rerun_refetched} files fetched again although complete before the kill)")
     return notes
