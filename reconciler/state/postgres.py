@@ -275,7 +275,7 @@ def _conninfo(url: str) -> str:
 def _session_options(conninfo: str) -> dict[str, str]:
     """`options` with `synchronous_commit=off` added to what the URL or PGOPTIONS give
     (the keyword replaces both), unless they set synchronous_commit themselves."""
-    given = psycopg.conninfo.conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS", "")
+    given = str(psycopg.conninfo.conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS", ""))
     if "synchronous_commit" in given:
         return {}
     return {"options": f"{given} -c synchronous_commit=off".strip()}
