@@ -112,7 +112,8 @@ class ReconcilerPg(Reconciler):
 
     name = "reconciler-pg"
     notes = ("reconciler-pg: reconciler with --state postgresql://… (a fresh database per size and for "
-             "the resume run, local server on a unix socket, durability at the server's defaults)",)
+             "the resume run, local server on a unix socket at its durability defaults; the product's sessions "
+             "commit with synchronous_commit=off, as SQLite's WAL at synchronous=NORMAL does)",)
     state: str = ""  # the database's URL
 
     def _state(self) -> list[str]:
