@@ -81,11 +81,16 @@ class Reconciler:
         """Nothing: the next apply takes over."""
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ)
+        """Without RECONCILER_STATE: the state is what `_state()` says, never the caller's."""
+        return {k: v for k, v in os.environ.items() if k != "RECONCILER_STATE"}
+
+    def _state(self) -> list[str]:
+        """The default state: ROOT/state.db (SQLite)."""
+        return []
 
     def _apply(self) -> list[str]:
         (self.specs / "bench.yaml").write_text(yaml.safe_dump_all(self._documents(), sort_keys=False))
-        return [RECONCILER, "--root", str(self.root), "apply", "-f", str(self.specs)]
+        return [RECONCILER, "--root", str(self.root), *self._state(), "apply", "-f", str(self.specs)]
 
     def _documents(self) -> list[dict]:
         docs = [_doc("Mirror", MIRROR, {
@@ -97,6 +102,22 @@ class Reconciler:
                 "distribution": DISTRIBUTION, "components": {"main": self.published},
                 "signing": {"keyFile": str(self.keys.signing_secret)}}))
         return docs
+
+
+@dataclass
+class ReconcilerPg(Reconciler):
+    """The same steps as `Reconciler`, with the state in a PostgreSQL database of its own
+    (`--state URL`); the pool and the published trees stay under the root, as with SQLite,
+    so the two columns differ only in where the state lives."""
+
+    name = "reconciler-pg"
+    notes = ("reconciler-pg: reconciler with --state postgresql://… (a fresh database per size and for "
+             "the resume run, local server on a unix socket at its durability defaults; the product's sessions "
+             "commit with synchronous_commit=off, as SQLite's WAL at synchronous=NORMAL does)",)
+    state: str = ""  # the database's URL
+
+    def _state(self) -> list[str]:
+        return ["--state", self.state]
 
 
 def _doc(kind: str, name: str, spec: dict) -> dict:
@@ -225,4 +246,5 @@ def _stanza(**fields: str) -> str:
     return "".join(f"{k}: {v}\n" for k, v in fields.items())
 
 
-TOOLS = (Reconciler, Aptly, Reprepro)  # ours first, then the peers
+TOOLS = (Reconciler, ReconcilerPg, Aptly, Reprepro)  # ours first, ours on PostgreSQL, then the peers
+OURS, OURS_PG = Reconciler.name, ReconcilerPg.name

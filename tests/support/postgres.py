@@ -94,7 +94,9 @@ def _as_server_user():
 class PostgresServer:
     """`start()` → a running server in a fresh directory; `new_database(name)` → URL; `stop()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        """`settings`: the server's `-c` options (default SETTINGS: durability off, for tests)."""
+        self.settings = SETTINGS if settings is None else settings
         self.dir: Path | None = None
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
@@ -123,7 +125,7 @@ class PostgresServer:
             self._remove_dir()
             raise RuntimeError(f"initdb failed ({init.returncode}):\n{init.stdout}\n{init.stderr}")
         self.port = _free_port()
-        options = [f"-c{key}={value.strip(chr(39))}" for key, value in SETTINGS.items()]
+        options = [f"-c{key}={value.strip(chr(39))}" for key, value in self.settings.items()]
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
                 [str(BIN / "postgres"), "-D", str(data), "-p", str(self.port),
