@@ -292,8 +292,8 @@ class PoolRecorder:
     def flush(self) -> None:
         if self.pending:
             with self.task.transaction() as store:
-                for want, st in self.pending:
-                    store.record_pool_file(want.sha256, want.size, mtime_ns=st.st_mtime_ns, ino=st.st_ino)
+                store.record_pool_files([(want.sha256, want.size, st.st_mtime_ns, st.st_ino)
+                                         for want, st in self.pending])
         self.pending, self.last = [], time.monotonic()
 
 

@@ -24,11 +24,11 @@ from reconciler.state.stores import Store
 def gone(store: Store, pool: FilesystemPool) -> set[str]:
     """Files the pool should hold and does not: recorded but not listed, or quarantined
     and not back. Directory listings only (see the module docstring), one bucket at a
-    time, so memory follows a bucket, not the pool."""
+    time (of the buckets the database records files in), so memory follows a bucket, not the pool."""
     missing: set[str] = set()
-    for bucket in (f"{i:02x}" for i in range(256)):
+    for bucket, recorded in store.recorded_by_bucket():
         present = pool.names(bucket)
-        missing.update(sha for sha in store.recorded_shas(bucket) if sha not in present)
+        missing.update(sha for sha in recorded if sha not in present)
     quarantined = pool.quarantined_names()
     return missing | {sha for sha in quarantined if not pool.has(sha)}
 

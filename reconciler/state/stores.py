@@ -608,18 +608,26 @@ class Store:
             found.append(f"package {key} (id {id_}): stored fields or files are not valid JSON; {RESTORE}")
         return found
 
+    _RECORD = (
+        "INSERT INTO pool_files (sha256, size, imported_at, mtime_ns, ino, recorded_ns) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (sha256) DO UPDATE SET recorded_ns = CASE WHEN pool_files.ino IS NOT DISTINCT FROM excluded.ino"
+        " AND pool_files.mtime_ns IS NOT DISTINCT FROM excluded.mtime_ns THEN pool_files.recorded_ns"
+        " ELSE excluded.recorded_ns END,"
+        " size = excluded.size, mtime_ns = excluded.mtime_ns, ino = excluded.ino, imported_at = excluded.imported_at")
+
     def record_pool_file(self, sha256: str, size: int, *, mtime_ns: int | None = None,
                          ino: int | None = None) -> None:
         """A verified file imported into the pool, with what identifies it on disk.
 
         A row whose identity changes (the file was re-imported after a loss) gets a new
         `recorded_ns`: publishes that linked the old inode before then link again."""
-        self.db.execute(
-            "INSERT INTO pool_files (sha256, size, imported_at, mtime_ns, ino, recorded_ns) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (sha256) DO UPDATE SET recorded_ns = CASE WHEN pool_files.ino IS NOT DISTINCT FROM excluded.ino"
-            " AND pool_files.mtime_ns IS NOT DISTINCT FROM excluded.mtime_ns THEN pool_files.recorded_ns ELSE excluded.recorded_ns END,"
-            " size = excluded.size, mtime_ns = excluded.mtime_ns, ino = excluded.ino, imported_at = excluded.imported_at",
-            (sha256, size, now(), mtime_ns, ino, time.time_ns()))
+        self.record_pool_files([(sha256, size, mtime_ns, ino)])
+
+    def record_pool_files(self, files: Iterable[tuple[str, int, int | None, int | None]]) -> None:
+        """`record_pool_file` for many (sha256, size, mtime_ns, ino) at once: one batch, so
+        a sync's thousands of imports cost a few round trips on a server database."""
+        stamp, ns = now(), time.time_ns()
+        self.db.executemany(self._RECORD, [(sha, size, stamp, mtime, ino, ns) for sha, size, mtime, ino in files])
 
     def confirm_pool_file(self, sha256: str, size: int, mtime_ns: int, ino: int) -> None:
         """A pool file hashed again and found sound: its identity now, `recorded_ns` kept
@@ -664,11 +672,18 @@ class Store:
                 out[sha][kind].append(name)
         return out
 
-    def recorded_shas(self, bucket: str) -> Iterator[str]:
-        """The files starting with `bucket` (two hex digits) that the database says the
-        pool holds: a range of the primary key."""
-        yield from (r[0] for r in self.db.execute(
-            "SELECT sha256 FROM pool_files WHERE sha256 >= ? AND sha256 < ?", (bucket, bucket + "g")))
+    def recorded_by_bucket(self) -> Iterator[tuple[str, builtins.list[str]]]:
+        """(bucket, its recorded files) for every bucket (two hex digits) holding any, in
+        order: one ordered pass over the primary key, a bucket in memory at a time."""
+        bucket, shas = "", []
+        for (sha,) in self.db.stream("SELECT sha256 FROM pool_files ORDER BY sha256"):
+            if sha[:2] != bucket:
+                if shas:
+                    yield bucket, shas
+                bucket, shas = sha[:2], []
+            shas.append(sha)
+        if shas:
+            yield bucket, shas
 
     def replaced_since(self, ids: Sequence[int], since_ns: int | None) -> tuple[int, int]:
         """(how many files of these packages were (re)recorded after `since_ns`, the
