@@ -263,6 +263,8 @@ class PostgresBackend:
             raise StateError(f"state database {self.describe()}: cannot connect: {str(exc).strip()}") from None
 
     def exists(self) -> bool:
+        if self._current:  # a schema once found stays (dropping it under a running process is not survivable)
+            return True
         conn = self._connect()
         try:
             return _version(conn) > 0
