@@ -1,0 +1,37 @@
+"""The Mirror kind: a copy of an upstream APT archive (its pure part; see kinds.registry)."""
+
+from __future__ import annotations
+
+from reconciler import spec
+from reconciler.kinds.registry import Kind, text
+
+
+def view(row) -> dict:
+    spec_ = row.spec
+    return {
+        "name": row.name,
+        "url": spec_.get("url"),
+        "distribution": spec_.get("distribution"),
+        "components": spec_.get("components") or row.upstream.get("components", []),
+        "architectures": spec_.get("architectures") or row.upstream.get("architectures", []),
+        "filter": spec_.get("filter"),
+        "numPackages": row.num_packages,
+        "status": row.status,
+        "updateComplete": row.update_complete,
+        "lastUpdate": row.last_update,
+        "lastError": row.last_error,
+        "upstreamDate": row.release_date,
+        "owner": row.owner,
+        "protect": row.protect,
+        "createdAt": row.created_at,
+    }
+
+
+KIND = Kind(
+    name="Mirror", word="mirror", plural="mirrors", doc=spec.MirrorDoc, view=view, renamable=True,
+    list_help="List mirrors with their package counts.  Example: reconciler list mirrors --json",
+    columns=(("NAME", lambda i: i["name"]), ("PACKAGES", lambda i: str(i["numPackages"])),
+             ("STATUS", lambda i: i["status"] or "-"), ("UPDATED", lambda i: i["lastUpdate"] or "never"),
+             ("DISTRIBUTION", lambda i: i["distribution"] or "-"), ("COMPONENTS", lambda i: text(i["components"])),
+             ("ARCHITECTURES", lambda i: text(i["architectures"])), ("URL", lambda i: i["url"] or "-")),
+)
