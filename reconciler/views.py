@@ -6,7 +6,7 @@ One place, so the CLI and the API can never disagree on a field name. Every item
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from reconciler import kinds
 from reconciler.debian import query
@@ -105,53 +105,13 @@ def _camel(key: str) -> str:
 
 # -- the shapes above as models: the API's response schemas in /openapi.json ----------
 # tests/test_api_shapes.py checks that each model has exactly the keys its view returns.
+# The kinds' models live with their views, in kinds/.
 
 
-class _Shape(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class MirrorView(_Shape):
-    name: str
-    url: str | None = Field(description="Archive root, as the spec gives it")
-    distribution: str | None
-    components: list[str] = Field(description="As declared, else all the upstream Release lists")
-    architectures: list[str] = Field(description="As declared, else all the upstream Release lists")
-    filter: str | None
-    numPackages: int
-    status: str = Field(description="ready, or failed (lastError says why; the previous list is kept)")
-    updateComplete: bool
-    lastUpdate: str | None = Field(description="ISO time of the last successful update")
-    lastError: str | None
-    upstreamDate: str | None = Field(description="Date of the upstream Release last read")
-    owner: str
-    protect: bool
-    createdAt: str
-
-
-class SnapshotView(_Shape):
-    name: str
-    numPackages: int
-    digest: str = Field(description="SHA256 of the package list: equal digests, equal content")
-    mirror: str | None = Field(description="The mirror it was taken from (null for a merge)")
-    snapshots: list[str] = Field(description="The snapshots it merges (empty when taken from a mirror)")
-    series: str | None = Field(description="The series it belongs to")
-    filter: str | None
-    owner: str
-    protect: bool
-    createdAt: str
-
-
-class PublishView(_Shape):
-    name: str
-    prefix: str
-    distribution: str
-    components: dict[str, str] = Field(description="component -> the snapshot it serves")
-    numPackages: int
-    releaseSha256: str | None
-    owner: str
-    protect: bool
-    publishedAt: str
+_Shape = kinds.Shape
+MirrorView = kinds.get("Mirror").model
+SnapshotView = kinds.get("Snapshot").model
+PublishView = kinds.get("Publish").model
 
 
 class TaskView(_Shape):

@@ -6,10 +6,10 @@ and how the upper layers attach their parts to it.
 """
 
 from reconciler.kinds import mirror, publish, snapshot
-from reconciler.kinds.registry import Kind, Parts, all, attach, find, get, names, of_word, register, text, unregister, words
+from reconciler.kinds.registry import Kind, Parts, Shape, all, attach, find, get, names, of_word, register, text, unregister, words
 
 for _module in (mirror, snapshot, publish):  # dependency order
     register(_module.KIND)
 
-__all__ = ["Kind", "Parts", "all", "attach", "find", "get", "names", "of_word", "register", "text", "unregister",
+__all__ = ["Kind", "Parts", "Shape", "all", "attach", "find", "get", "names", "of_word", "register", "text", "unregister",
            "words"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from reconciler import spec
-from reconciler.kinds.registry import Kind, text
+from reconciler.kinds.registry import Kind, Shape, text
 
 
 def view(row) -> dict:
@@ -27,8 +29,26 @@ def view(row) -> dict:
     }
 
 
+class MirrorView(Shape):
+    name: str
+    url: str | None = Field(description="Archive root, as the spec gives it")
+    distribution: str | None
+    components: list[str] = Field(description="As declared, else all the upstream Release lists")
+    architectures: list[str] = Field(description="As declared, else all the upstream Release lists")
+    filter: str | None
+    numPackages: int
+    status: str = Field(description="ready, or failed (lastError says why; the previous list is kept)")
+    updateComplete: bool
+    lastUpdate: str | None = Field(description="ISO time of the last successful update")
+    lastError: str | None
+    upstreamDate: str | None = Field(description="Date of the upstream Release last read")
+    owner: str
+    protect: bool
+    createdAt: str
+
+
 KIND = Kind(
-    name="Mirror", word="mirror", plural="mirrors", doc=spec.MirrorDoc, view=view, renamable=True,
+    name="Mirror", model=MirrorView, word="mirror", plural="mirrors", doc=spec.MirrorDoc, view=view, renamable=True,
     list_help="List mirrors with their package counts.  Example: reconciler list mirrors --json",
     columns=(("NAME", lambda i: i["name"]), ("PACKAGES", lambda i: str(i["numPackages"])),
              ("STATUS", lambda i: i["status"] or "-"), ("UPDATED", lambda i: i["lastUpdate"] or "never"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from reconciler import spec
-from reconciler.kinds.registry import Kind, text
+from reconciler.kinds.registry import Kind, Shape, text
 
 
 def view(row) -> dict:
@@ -25,8 +27,20 @@ def requires(doc) -> list[tuple[str, str]]:
     return [("Snapshot", s.removesuffix("@latest")) for s in doc.spec.components.values()]
 
 
+class PublishView(Shape):
+    name: str
+    prefix: str
+    distribution: str
+    components: dict[str, str] = Field(description="component -> the snapshot it serves")
+    numPackages: int
+    releaseSha256: str | None
+    owner: str
+    protect: bool
+    publishedAt: str
+
+
 KIND = Kind(
-    name="Publish", word="publish", plural="publishes", doc=spec.PublishDoc, view=view, requires=requires,
+    name="Publish", model=PublishView, word="publish", plural="publishes", doc=spec.PublishDoc, view=view, requires=requires,
     components=True, lock_key=lambda row: f"publish/{row.prefix}/{row.distribution}",
     list_help="List published trees.  Example: reconciler list publishes --json",
     columns=(("NAME", lambda i: i["name"]), ("PACKAGES", lambda i: str(i["numPackages"])),

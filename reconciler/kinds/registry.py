@@ -17,6 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
+
+class Shape(BaseModel):
+    """The base of the API's response models: no key beyond those declared."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
 
 def _name_key(word: str) -> Callable[[Any], str]:
     return lambda row: f"{word}/{row.name}"
@@ -30,6 +38,8 @@ class Parts:
     plan: Callable[..., list] | None = None
     # apply: (ctx, specs, change, options, echo) -> Result | None: runs one change of the kind
     apply: Callable[..., Any] | None = None
+    # describe: (store, specs, change, upcoming, diffs) -> None: what a plan preview adds to a change
+    describe: Callable[..., None] | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class Kind:
     plural: str  # Specs/Observed field, store accessor, `list KINDS`, /api/KINDS: "mirrors"
     doc: type  # the pydantic model of its spec document
     view: Callable[[Any], dict]  # row -> the JSON shape `--json` and the API return
+    model: type  # that shape as a model: the API's response schema (tests/test_api_shapes.py)
     columns: tuple[tuple[str, Callable[[dict], str]], ...]  # `list` as text: (header, cell of a view)
     list_help: str  # the help of `list KINDS`
     lock_key: Callable[[Any], str] = field(default=None)  # type: ignore[assignment]  # row -> its lock key

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from reconciler import spec
-from reconciler.kinds.registry import Kind, text
+from reconciler.kinds.registry import Kind, Shape, text
 
 
 def view(row) -> dict:
@@ -28,9 +30,22 @@ def requires(doc) -> list[tuple[str, str]]:
     return [("Snapshot", s) for s in doc.spec.snapshots]
 
 
+class SnapshotView(Shape):
+    name: str
+    numPackages: int
+    digest: str = Field(description="SHA256 of the package list: equal digests, equal content")
+    mirror: str | None = Field(description="The mirror it was taken from (null for a merge)")
+    snapshots: list[str] = Field(description="The snapshots it merges (empty when taken from a mirror)")
+    series: str | None = Field(description="The series it belongs to")
+    filter: str | None
+    owner: str
+    protect: bool
+    createdAt: str
+
+
 KIND = Kind(
-    name="Snapshot", word="snapshot", plural="snapshots", doc=spec.SnapshotDoc, view=view, requires=requires,
-    renamable=True,
+    name="Snapshot", word="snapshot", plural="snapshots", doc=spec.SnapshotDoc, view=view, model=SnapshotView,
+    requires=requires, renamable=True,
     list_help="List snapshots with their package counts.  Example: reconciler list snapshots",
     columns=(("NAME", lambda i: i["name"]), ("PACKAGES", lambda i: str(i["numPackages"])),
              ("SOURCE", lambda i: f"mirror/{i['mirror']}" if i["mirror"] else "merge " + text(i["snapshots"])),
