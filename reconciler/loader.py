@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from reconciler import kinds
 from reconciler import spec as specs
@@ -428,7 +428,8 @@ def _field(loc: tuple) -> str:
     return ".".join(parts)
 
 
-def _validate(raw: _Raw, issues: list[SpecIssue]) -> specs.MirrorDoc | specs.SnapshotDoc | specs.PublishDoc | None:
+def _validate(raw: _Raw, issues: list[SpecIssue]) -> BaseModel | None:
+    """The document validated by its kind's model (a registered kind), or None with the issues."""
     doc = raw.data
     obj = _obj_name(doc)
     if not isinstance(doc, dict):

@@ -315,7 +315,9 @@ def _lost_files(ctx: tasks.Context, specs: Specs) -> list[str]:
 def _blocked(change: planner.Change, specs: Specs, failed: set[str]) -> str | None:
     """The failed object this change is made from (`mirror/m`), if any: it is skipped."""
     kind = kinds.find(change.kind)
-    doc = specs.by_kind(change.kind).get(change.detail.get("series") or change.name) if kind else None
+    if kind is None:  # an Owner
+        return None
+    doc = specs.by_kind(change.kind).get(change.detail.get("series") or change.name)
     if doc is None:
         return None
     deps = [f"{dep_kind}/{dep}" for dep_kind, dep in kind.requires(doc)]
@@ -369,7 +371,7 @@ def _apply_publish(ctx: tasks.Context, specs: Specs, change: planner.Change, opt
 
 
 # the executable part of the built-in kinds (see kinds.registry): how apply runs their
-# changes, and what a plan preview adds to them
-kinds.attach("Mirror", apply=_apply_mirror, describe=_describe_mirror)
-kinds.attach("Snapshot", apply=_apply_snapshot, describe=_describe_snapshot)
+# changes, what a plan preview adds to them, and the API's drop by name
+kinds.attach("Mirror", apply=_apply_mirror, describe=_describe_mirror, drop=mirrors.drop)
+kinds.attach("Snapshot", apply=_apply_snapshot, describe=_describe_snapshot, drop=snapshots.drop)
 kinds.attach("Publish", apply=_apply_publish, describe=_describe_publish)

@@ -11,6 +11,9 @@ from pydantic import Field
 from reconciler import kinds
 from reconciler.debian import query
 from reconciler.errors import BadRequest, NotFound
+from reconciler.kinds.mirror import MirrorView  # noqa: F401 - the kinds' response models, by name
+from reconciler.kinds.publish import PublishView  # noqa: F401
+from reconciler.kinds.snapshot import SnapshotView  # noqa: F401
 from reconciler.state.stores import Store
 
 
@@ -109,9 +112,6 @@ def _camel(key: str) -> str:
 
 
 _Shape = kinds.Shape
-MirrorView = kinds.get("Mirror").model
-SnapshotView = kinds.get("Snapshot").model
-PublishView = kinds.get("Publish").model
 
 
 class TaskView(_Shape):

@@ -48,7 +48,7 @@ class MirrorView(Shape):
 
 
 KIND = Kind(
-    name="Mirror", model=MirrorView, word="mirror", plural="mirrors", doc=spec.MirrorDoc, view=view, renamable=True,
+    name="Mirror", model=MirrorView, word="mirror", plural="mirrors", doc=spec.MirrorDoc, view=view, renamable=True, users="snapshots",
     list_help="List mirrors with their package counts.  Example: reconciler list mirrors --json",
     columns=(("NAME", lambda i: i["name"]), ("PACKAGES", lambda i: str(i["numPackages"])),
              ("STATUS", lambda i: i["status"] or "-"), ("UPDATED", lambda i: i["lastUpdate"] or "never"),

@@ -41,7 +41,7 @@ class PublishView(Shape):
 
 KIND = Kind(
     name="Publish", model=PublishView, word="publish", plural="publishes", doc=spec.PublishDoc, view=view, requires=requires,
-    components=True, lock_key=lambda row: f"publish/{row.prefix}/{row.distribution}",
+    components=True, path_key=True, lock_key=lambda row: f"publish/{row.prefix}/{row.distribution}",
     list_help="List published trees.  Example: reconciler list publishes --json",
     columns=(("NAME", lambda i: i["name"]), ("PACKAGES", lambda i: str(i["numPackages"])),
              ("PREFIX", lambda i: i["prefix"]), ("DISTRIBUTION", lambda i: i["distribution"]),

@@ -40,6 +40,8 @@ class Parts:
     apply: Callable[..., Any] | None = None
     # describe: (store, specs, change, upcoming, diffs) -> None: what a plan preview adds to a change
     describe: Callable[..., None] | None = None
+    # drop: (ctx, name, *, force) -> Result: the API's DELETE /api/KINDS/NAME
+    drop: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,17 @@ class Kind:
     name: str  # the spec document's `kind` and `Change.kind`: "Mirror"
     word: str  # lock keys, `show KIND`, `packages --in KIND/NAME`: "mirror"
     plural: str  # Specs/Observed field, store accessor, `list KINDS`, /api/KINDS: "mirrors"
-    doc: type  # the pydantic model of its spec document
+    doc: type[BaseModel]  # the pydantic model of its spec document
     view: Callable[[Any], dict]  # row -> the JSON shape `--json` and the API return
-    model: type  # that shape as a model: the API's response schema (tests/test_api_shapes.py)
+    model: type[BaseModel]  # that shape as a model: the API's response schema (tests/test_api_shapes.py)
     columns: tuple[tuple[str, Callable[[dict], str]], ...]  # `list` as text: (header, cell of a view)
     list_help: str  # the help of `list KINDS`
     lock_key: Callable[[Any], str] = field(default=None)  # type: ignore[assignment]  # row -> its lock key
     # (kind name, object name) of the declared objects it is made from: apply skips it when one failed
     requires: Callable[[Any], list[tuple[str, str]]] = lambda doc: []
     renamable: bool = False  # `metadata.renamedFrom` renames a row in place
+    users: str = ""  # what may use an object of the kind, so that dropping it is refused ("snapshots")
+    path_key: bool = False  # the API addresses it by a path of its own (PREFIX/DIST), not /api/KINDS/NAME
     components: bool = False  # its packages are its components' lists, not one list of its own
     parts: Parts = Parts()
 

@@ -45,7 +45,7 @@ class SnapshotView(Shape):
 
 KIND = Kind(
     name="Snapshot", word="snapshot", plural="snapshots", doc=spec.SnapshotDoc, view=view, model=SnapshotView,
-    requires=requires, renamable=True,
+    requires=requires, renamable=True, users="publishes",
     list_help="List snapshots with their package counts.  Example: reconciler list snapshots",
     columns=(("NAME", lambda i: i["name"]), ("PACKAGES", lambda i: str(i["numPackages"])),
              ("SOURCE", lambda i: f"mirror/{i['mirror']}" if i["mirror"] else "merge " + text(i["snapshots"])),
