@@ -196,20 +196,20 @@ def schema(markdown: Annotated[bool, typer.Option("--markdown", help="Print the 
 Kind = Enum("Kind", {kind.word: kind.word for kind in kinds.all()}, type=str)  # type: ignore[misc]
 
 
-def _list(kind: str, as_json: bool) -> None:
+def _list(word: str, as_json: bool) -> None:
     try:
         store = _context(read_only=True).store()
-        attr, view = views.rows_for(kind)
-        items = [view(r) for r in getattr(store, attr).list()]
+        kind = views.kind_of(word)
+        items = [kind.view(r) for r in kind.rows(store).list()]
     except ReconcilerError as exc:
         _fail(exc)
     if as_json:
         typer.echo(json.dumps(items, indent=2))
         return
     if not items:
-        typer.echo(f"no {attr}")
+        typer.echo(f"no {kind.plural}")
         return
-    header, rows = views.table(kind, items)
+    header, rows = views.table(word, items)
     typer.echo(_table(header, rows))
 
 
@@ -244,11 +244,11 @@ def show(kind: Annotated[Kind, typer.Argument(metavar="KIND", help=kinds.words()
 
     try:
         store = _context(read_only=True).store()
-        attr, view = views.rows_for(kind.value)
-        row = getattr(store, attr).get(name)
+        of = views.kind_of(kind.value)
+        row = of.rows(store).get(name)
         if row is None:
             raise NotFound(f"{kind.value} {name!r} does not exist")
-        item = view(row)
+        item = of.view(row)
     except ReconcilerError as exc:
         _fail(exc)
     if as_json:

@@ -82,6 +82,13 @@ class Observed:
         plural = kinds.get(kind).plural
         return getattr(self, plural) if plural in self.__dataclass_fields__ else self.more.get(kind, {})
 
+    @classmethod
+    def of(cls, rows: dict[str, dict], **facts) -> Observed:
+        """What was observed, from the rows of every registered kind (kind -> name -> row)."""
+        own = {kind: kinds.get(kind).plural in cls.__dataclass_fields__ for kind in rows}
+        return cls(**{kinds.get(k).plural: v for k, v in rows.items() if own[k]},
+                   more={k: v for k, v in rows.items() if not own[k]}, **facts)
+
 
 @dataclass
 class Change:

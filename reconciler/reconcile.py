@@ -33,13 +33,8 @@ def observe(store: Store, publish_root: Path | None = None) -> planner.Observed:
     if publish_root is not None:
         trees = {r.name: treeverify.published(publish_root, r.prefix, r.distribution)
                  for r in store.publishes.list()}
-    return planner.Observed(
-        trees=trees,
-        mirrors={r.name: r for r in store.mirrors.list()},
-        snapshots={r.name: r for r in store.snapshots.list()},
-        publishes={r.name: r for r in store.publishes.list()},
-        owners=store.owners.all(),
-    )
+    rows = {kind.name: {r.name: r for r in kind.rows(store).list()} for kind in kinds.all()}
+    return planner.Observed.of(rows, trees=trees, owners=store.owners.all())
 
 
 def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,

@@ -25,13 +25,8 @@ publish = kinds.get("Publish").view
 text = kinds.text
 
 
-def rows_for(word: str):
-    """(store accessor, view) for a kind given on the command line (`mirror`)."""
-    kind = _of_word(word)
-    return kind.plural, kind.view
-
-
-def _of_word(word: str) -> kinds.Kind:
+def kind_of(word: str) -> kinds.Kind:
+    """The kind a command line names (`mirror`); BadRequest naming the kinds there are."""
     kind = kinds.of_word(word)
     if kind is None:
         raise BadRequest(f"unknown kind {word!r}: give {kinds.words()}")
@@ -40,7 +35,7 @@ def _of_word(word: str) -> kinds.Kind:
 
 def table(word: str, items: list[dict]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of `list KIND` as text: the columns an operator scans first."""
-    columns = _of_word(word).columns
+    columns = kind_of(word).columns
     return [header for header, _cell in columns], [[cell(i) for _header, cell in columns] for i in items]
 
 

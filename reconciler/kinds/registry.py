@@ -60,6 +60,8 @@ class Kind:
     renamable: bool = False  # `metadata.renamedFrom` renames a row in place
     users: str = ""  # what may use an object of the kind, so that dropping it is refused ("snapshots")
     path_key: bool = False  # the API addresses it by a path of its own (PREFIX/DIST), not /api/KINDS/NAME
+    # store -> the repository of its rows (list, get); default: the store's attribute named `plural`
+    store: Callable[[Any], Any] | None = None
     components: bool = False  # its packages are its components' lists, not one list of its own
     parts: Parts = Parts()
 
@@ -69,7 +71,7 @@ class Kind:
 
     def rows(self, store) -> Any:
         """The store's repository of this kind's rows (`store.mirrors`)."""
-        return getattr(store, self.plural)
+        return self.store(store) if self.store is not None else getattr(store, self.plural)
 
 
 _REGISTRY: dict[str, Kind] = {}
