@@ -248,7 +248,7 @@ class Planning:
 
 def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan:
     rows = {kind.name: dict(observed.rows(kind.name)) for kind in kinds.all()}
-    mirror_rows, snapshot_rows = rows["Mirror"], rows["Snapshot"]
+    snapshot_rows = rows["Snapshot"]
     claims = _claim(observed, options) + _adoptions(specs, rows, options)
     observed = replace(observed, publishes=rows["Publish"])
     renames = [c for kind in kinds.all() if kind.renamable
@@ -258,13 +258,11 @@ def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan
     planning = Planning(specs, observed, options, rows)
     for kind in kinds.all():  # dependency order: a kind's planner sees what those before it planned
         planning.changes[kind.name] = kind.parts.plan(planning) if kind.parts.plan else []
-    series_names = {n for n, d in specs.snapshots.items() if d.spec.series}
-    dropped_snapshots = {n for n in _own_undeclared(snapshot_rows, specs.snapshots, options.owner)
-                         if snapshot_rows[n].series not in series_names}
     snaps_up, pubs_up = planning.changes["Snapshot"], planning.changes["Publish"]
     planned = _planned(snapshot_rows, snaps_up)
     retention = _retention(specs, planned, observed, snaps_up, pubs_up)
-    drops = _drops(specs, observed, mirror_rows, snapshot_rows, dropped_snapshots, options)
+    # drops in reverse dependency order: the users of an object go before it
+    drops = [c for kind in reversed(kinds.all()) if kind.parts.drops for c in kind.parts.drops(planning)]
     dropped = {c.name for c in retention + drops if c.kind == "Snapshot" and c.op == "drop"}
     planning.changes.update(zip(("Mirror", "Snapshot", "Publish"),
                                 _repairs(observed.pool, planning.changes["Mirror"], snaps_up, pubs_up, dropped)))
@@ -646,23 +644,38 @@ def _own_undeclared(rows: dict, declared: dict, owner: str) -> set[str]:
     return {n for n, r in rows.items() if n not in declared and r.owner == owner}
 
 
-def _drops(specs: Specs, observed: Observed, mirrors: dict, snapshots: dict, dropped_snaps: set[str],
-           options: Options) -> list[Change]:
-    out: list[Change] = []
+def _drop_publishes(planning: Planning) -> list[Change]:
+    declared = planning.specs.publishes
+    return [_drop("Publish", name, row, planning.options, [])
+            for name, row in sorted(planning.observed.publishes.items()) if name not in declared]
+
+
+def _drop_snapshots(planning: Planning) -> list[Change]:
+    specs, options, snapshots = planning.specs, planning.options, planning.rows["Snapshot"]
     declared_pub_snaps = {s for d in specs.publishes.values() for s in resolve_sources(d, snapshots).values()}
-    kept_pubs = {n: r for n, r in observed.publishes.items() if n in specs.publishes or r.owner != options.owner}
-    for name, row in sorted(observed.publishes.items()):
-        if name not in specs.publishes:
-            out.append(_drop("Publish", name, row, options, []))
+    kept_pubs = {n: r for n, r in planning.observed.publishes.items()
+                 if n in specs.publishes or r.owner != options.owner}
     undeclared = {n for n, r in snapshots.items() if n not in specs.snapshots and
                   not (r.series and r.series in specs.snapshots)}
+    out = []
     for name in sorted(undeclared):
         users = sorted(f"publish/{n}" for n, r in kept_pubs.items()
                        if name in r.sources.values() and n not in specs.publishes)
         if name in declared_pub_snaps:
             users.append("a declared publish")
         out.append(_drop("Snapshot", name, snapshots[name], options, users))
-    remaining = {n: r for n, r in snapshots.items() if n not in dropped_snaps}
+    return out
+
+
+def _drop_mirrors(planning: Planning) -> list[Change]:
+    """A mirror is in use by the snapshots taken from it that this plan keeps."""
+    specs, options = planning.specs, planning.options
+    mirrors, snapshots = planning.rows["Mirror"], planning.rows["Snapshot"]
+    series_names = {n for n, d in specs.snapshots.items() if d.spec.series}
+    dropped = {n for n in _own_undeclared(snapshots, specs.snapshots, options.owner)
+               if snapshots[n].series not in series_names}
+    remaining = {n: r for n, r in snapshots.items() if n not in dropped}
+    out = []
     for name in sorted(set(mirrors) - set(specs.mirrors)):
         users = sorted(f"snapshot/{n}" for n, r in remaining.items() if r.source_mirror == name)
         out.append(_drop("Mirror", name, mirrors[name], options, users))
@@ -708,6 +721,6 @@ def summary(diff: dict[str, list]) -> str:
 
 
 # the planning rules of the built-in kinds (their executable part; see kinds.registry)
-kinds.attach("Mirror", plan=_plan_mirrors)
-kinds.attach("Snapshot", plan=_plan_snapshots)
-kinds.attach("Publish", plan=_plan_publishes)
+kinds.attach("Mirror", plan=_plan_mirrors, drops=_drop_mirrors)
+kinds.attach("Snapshot", plan=_plan_snapshots, drops=_drop_snapshots)
+kinds.attach("Publish", plan=_plan_publishes, drops=_drop_publishes)

@@ -76,6 +76,11 @@ def test_a_registered_kind_is_loaded_planned_after_the_others_and_applied(tmp_pa
     again = reconcile.make_plan(ctx, specs, planner.Options(), with_probe=False)  # observe read the tag's row
     assert [(c.op, c.name) for c in again.changes if c.kind == "Tag"] == [("create", "broken"), ("noop", "first")]
 
+    (tmp_path / "specs.yaml").write_text(TAGS.split("---")[2])  # the mirror only: the tag goes
+    undeclared = reconcile.make_plan(ctx, load_specs([tmp_path / "specs.yaml"]), planner.Options(), with_probe=False)
+    assert [(c.op, c.kind, c.name) for c in undeclared.changes] == [("create", "Mirror", "broken"),
+                                                                     ("drop", "Tag", "first")]
+
 
 def test_a_registered_kind_has_its_list_and_show_commands(tmp_path):
     (tmp_path / "specs.yaml").write_text(TAGS.split("---")[0])

@@ -36,6 +36,8 @@ class Parts:
 
     # plan: (planning) -> the kind's creates and updates; `plan.Planning` is its argument
     plan: Callable[..., list] | None = None
+    # drops: (planning) -> the drops of its objects no longer declared (planned users first)
+    drops: Callable[..., list] | None = None
     # apply: (ctx, specs, change, options, echo) -> Result | None: runs one change of the kind
     apply: Callable[..., Any] | None = None
     # describe: (store, specs, change, upcoming, diffs) -> None: what a plan preview adds to a change

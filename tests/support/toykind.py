@@ -76,6 +76,12 @@ def plan_tags(planning) -> list[Change]:
             for name, doc in sorted(planning.specs.by_kind("Tag").items())]
 
 
+def drop_tags(planning) -> list[Change]:
+    declared = planning.specs.by_kind("Tag")
+    return [Change("drop", "Tag", name, "no longer declared") for name in sorted(planning.rows["Tag"])
+            if name not in declared]
+
+
 def apply_tag(ctx, specs, change, options, echo) -> Result | None:
     if change.op != "create":
         return None
@@ -94,7 +100,7 @@ KIND = kinds.Kind(
     columns=(("NAME", lambda i: i["name"]), ("TEXT", lambda i: i["text"])),
     list_help="List tags.  Example: reconciler list tags", store=Tags,
     requires=lambda doc: [("Mirror", doc.metadata.name)],
-    parts=kinds.Parts(plan=plan_tags, apply=apply_tag),
+    parts=kinds.Parts(plan=plan_tags, drops=drop_tags, apply=apply_tag),
 )
 
 
