@@ -5,10 +5,16 @@ the CLI's `list`/`show`/`packages`, the API's routes and apply's dispatch all it
 look up this registry instead of naming "Mirror", "Snapshot" and "Publish" themselves.
 
 The layering splits a kind in two. The pure part (its document model, words, lock key,
-JSON view and list columns) is the `Kind` itself and lives below the loader, so every
-layer may read it. The executable part (the rules that plan it, the action that applies
-each of its changes) belongs to layers the planner must not import: `plan` and
-`reconcile` attach theirs with `attach` when they are imported, as `Parts`.
+JSON view and response model, list columns, what it is made from) is the `Kind` itself
+and lives below the loader, so every layer may read it. The executable part belongs to
+layers the planner must not import, so those layers attach it (`attach`, into `Parts`)
+when they are imported: `plan` its planning rules (`plan`, `drops`), `reconcile` the
+action that applies each change (`apply`), what a plan preview adds (`describe`) and
+the API's drop by name (`drop`). A kind without a part is skipped by that dispatch site.
+
+Registration order is dependency order and it is fixed at import: `locks.KINDS` (the
+lock order) and the CLI's commands are built from the kinds registered when they are
+imported, so a new kind registers in `reconciler/kinds/__init__.py`.
 """
 
 from __future__ import annotations
