@@ -46,8 +46,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
-from reconciler import __version__, tasks, views
-from reconciler.actions import mirrors, publish, snapshots
+import reconciler.reconcile  # noqa: F401 - attaches the kinds' actions (kinds.Parts) the routes call
+from reconciler import __version__, kinds, tasks, views
+from reconciler.actions import mirrors, publish
 from reconciler.actions.result import Result
 from reconciler.errors import AuthUnavailable, InUse, NotFound, ReconcilerError, Refused, SpecError
 from reconciler.loader import Specs
@@ -218,25 +219,9 @@ def _store(ctx: tasks.Context):
 def _reads(app: FastAPI, ctx: tasks.Context) -> None:
     connect = Depends(_store(ctx))  # a default value, not an alias: annotations are strings here
 
-    @app.get("/api/mirrors", tags=["mirrors"], summary="List mirrors, each with numPackages",
-             response_model=list[views.MirrorView])
-    def list_mirrors(store: Store = connect) -> list[dict]:
-        return [views.mirror(r) for r in store.mirrors.list()]
-
-    @app.get("/api/mirrors/{name}", tags=["mirrors"], summary="One mirror", responses={404: ERROR},
-             response_model=views.MirrorView)
-    def get_mirror(name: str, store: Store = connect) -> dict:
-        return views.mirror(_found(store.mirrors.get(name), f"mirror {name!r}"))
-
-    @app.get("/api/snapshots", tags=["snapshots"], summary="List snapshots, each with numPackages",
-             response_model=list[views.SnapshotView])
-    def list_snapshots(store: Store = connect) -> list[dict]:
-        return [views.snapshot(r) for r in store.snapshots.list()]
-
-    @app.get("/api/snapshots/{name}", tags=["snapshots"], summary="One snapshot", responses={404: ERROR},
-             response_model=views.SnapshotView)
-    def get_snapshot(name: str, store: Store = connect) -> dict:
-        return views.snapshot(_found(store.snapshots.get(name), f"snapshot {name!r}"))
+    named = [kind for kind in kinds.all() if not kind.path_key]  # /api/KINDS/NAME; publishes have their own
+    for kind in named:
+        _kind_reads(app, kind, connect)
 
     def packages(store: Store, q: str | None, where: str | None, limit: int, offset: int) -> dict:
         return views.packages(store, q, where, limit=limit, offset=offset)
@@ -255,10 +240,10 @@ def _reads(app: FastAPI, ctx: tasks.Context) -> None:
             return packages(store, q, f"{kind}/{name}", limit, offset)
         return of_kind
 
-    for kind in ("mirror", "snapshot"):  # one endpoint each, the same shape
-        app.get(f"/api/{kind}s/{{name}}/packages", tags=["packages"], responses={404: ERROR, 422: ERROR},
-                response_model=views.PackagePage, name=f"{kind}_packages",
-                summary=f"A {kind}'s packages (q: an aptly query)")(listing(kind))
+    for kind in named:  # one endpoint each, the same shape
+        app.get(f"/api/{kind.plural}/{{name}}/packages", tags=["packages"], responses={404: ERROR, 422: ERROR},
+                response_model=views.PackagePage, name=f"{kind.word}_packages",
+                summary=f"A {kind.word}'s packages (q: an aptly query)")(listing(kind.word))
 
     @app.get("/api/publish/{key:path}/packages", include_in_schema=False)
     @app.get("/api/publishes/{key:path}/packages", tags=["packages"], responses={404: ERROR, 422: ERROR},
@@ -294,6 +279,20 @@ def _reads(app: FastAPI, ctx: tasks.Context) -> None:
     def get_task(task_id: int, store: Store = connect) -> dict:
         row = tasks.get_task(store, task_id) if 0 < task_id <= MAX_ID else None
         return views.task(_found(row, f"task {task_id}"))
+
+
+def _kind_reads(app: FastAPI, kind: kinds.Kind, connect) -> None:
+    """GET /api/KINDS and /api/KINDS/NAME of a kind addressed by name."""
+    def list_rows(store: Store = connect) -> list[dict]:
+        return [kind.view(r) for r in kind.rows(store).list()]
+
+    def get_row(name: str, store: Store = connect) -> dict:
+        return kind.view(_found(kind.rows(store).get(name), f"{kind.word} {name!r}"))
+
+    app.get(f"/api/{kind.plural}", tags=[kind.plural], summary=f"List {kind.plural}, each with numPackages",
+            response_model=list[kind.model], name=f"list_{kind.plural}")(list_rows)  # type: ignore[name-defined]
+    app.get(f"/api/{kind.plural}/{{name}}", tags=[kind.plural], summary=f"One {kind.word}", responses={404: ERROR},
+            response_model=kind.model, name=f"get_{kind.word}")(get_row)
 
 
 def _found(row, what: str):
@@ -396,8 +395,9 @@ def _mutations(app: FastAPI, ctx: tasks.Context, controller: Controller, metrics
             done = await threads.run(timed((kind, "drop"), lambda: action(ctx, name, force=force)))
             return dropped(kind, name, done.line)
 
-    drop_by_name("Mirror", "mirrors", "snapshots", mirrors.drop)
-    drop_by_name("Snapshot", "snapshots", "publishes", snapshots.drop)
+    for kind in kinds.all():
+        if not kind.path_key and kind.parts.drop is not None:
+            drop_by_name(kind.name, kind.plural, kind.users, kind.parts.drop)
 
     @app.delete("/api/publish/{key:path}", dependencies=guarded, include_in_schema=False)
     @app.delete("/api/publishes/{key:path}", tags=["publishes"], dependencies=guarded, response_model=Dropped,

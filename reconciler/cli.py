@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 import typer.core
 
-from reconciler import views
+from reconciler import kinds, views
 from reconciler.errors import ReconcilerError, SpecError
 
 
@@ -193,27 +193,33 @@ def schema(markdown: Annotated[bool, typer.Option("--markdown", help="Print the 
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
-class Kind(str, Enum):
-    mirror = "mirror"
-    snapshot = "snapshot"
-    publish = "publish"
+Kind = Enum("Kind", {kind.word: kind.word for kind in kinds.all()}, type=str)  # type: ignore[misc]
 
 
-def _list(kind: str, as_json: bool) -> None:
+def _list(word: str, as_json: bool) -> None:
     try:
         store = _context(read_only=True).store()
-        attr, view = views.rows_for(kind)
-        items = [view(r) for r in getattr(store, attr).list()]
+        kind = views.kind_of(word)
+        items = [kind.view(r) for r in kind.rows(store).list()]
     except ReconcilerError as exc:
         _fail(exc)
     if as_json:
         typer.echo(json.dumps(items, indent=2))
         return
     if not items:
-        typer.echo(f"no {attr}")
+        typer.echo(f"no {kind.plural}")
         return
-    header, rows = views.table(kind, items)
+    header, rows = views.table(word, items)
     typer.echo(_table(header, rows))
+
+
+def _list_command(kind: kinds.Kind) -> None:
+    """`list KINDS` for one registered kind."""
+    def command(as_json: JsonOpt = False) -> None:
+        _list(kind.word, as_json)
+
+    command.__doc__ = kind.list_help
+    list_app.command(kind.plural)(command)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -223,26 +229,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-@list_app.command("mirrors")
-def list_mirrors(as_json: JsonOpt = False) -> None:
-    """List mirrors with their package counts.  Example: reconciler list mirrors --json"""
-    _list("mirror", as_json)
-
-
-@list_app.command("snapshots")
-def list_snapshots(as_json: JsonOpt = False) -> None:
-    """List snapshots with their package counts.  Example: reconciler list snapshots"""
-    _list("snapshot", as_json)
-
-
-@list_app.command("publishes")
-def list_publishes(as_json: JsonOpt = False) -> None:
-    """List published trees.  Example: reconciler list publishes --json"""
-    _list("publish", as_json)
+for _kind in kinds.all():
+    _list_command(_kind)
 
 
 @app.command()
-def show(kind: Annotated[Kind, typer.Argument(metavar="KIND", help="mirror, snapshot or publish")],
+def show(kind: Annotated[Kind, typer.Argument(metavar="KIND", help=kinds.words())],
          name: Annotated[str, typer.Argument(metavar="NAME", help="The object's name")], as_json: JsonOpt = False) -> None:
     """Show one object; exit 1 when unknown.
 
@@ -252,11 +244,11 @@ def show(kind: Annotated[Kind, typer.Argument(metavar="KIND", help="mirror, snap
 
     try:
         store = _context(read_only=True).store()
-        attr, view = views.rows_for(kind.value)
-        row = getattr(store, attr).get(name)
+        of = views.kind_of(kind.value)
+        row = of.rows(store).get(name)
         if row is None:
             raise NotFound(f"{kind.value} {name!r} does not exist")
-        item = view(row)
+        item = of.view(row)
     except ReconcilerError as exc:
         _fail(exc)
     if as_json:
@@ -339,10 +331,11 @@ def _options(owner: str, force: bool, replace: list[str], files: list[Path], tak
 def _package_lines(change) -> list[str]:
     """The packages a change adds, changes, removes: per component for a publish, one list for a mirror."""
     packages = change.detail.get("packages", {})
-    if change.kind == "Mirror":
-        packages = {"": packages} if packages else {}
-    elif change.kind != "Publish":
+    kind = kinds.find(change.kind)
+    if kind is None:
         return []
+    if not kind.components:
+        packages = {"": packages} if packages else {}
     lines = []
     for comp, diff in packages.items():
         where = f"{comp}: " if comp else ""

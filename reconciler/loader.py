@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from reconciler import kinds
 from reconciler import spec as specs
 from reconciler.errors import SpecError, SpecIssue
 
@@ -192,9 +193,13 @@ class Specs:
     # the same spec set
     digests: dict[str, str | None] = field(default_factory=dict)
 
+    # declared objects of kinds registered beyond the built-in three: kind -> name -> doc
+    more: dict[str, dict] = field(default_factory=dict)
+
     def by_kind(self, kind: str) -> dict:
-        kinds: dict[str, dict] = {"Mirror": self.mirrors, "Snapshot": self.snapshots, "Publish": self.publishes}
-        return kinds[kind]
+        """name -> document of one registered kind (`kinds.get(kind).plural` for the built-in ones)."""
+        plural = kinds.get(kind).plural
+        return getattr(self, plural) if plural in self.__dataclass_fields__ else self.more.setdefault(kind, {})
 
 
 @dataclass
@@ -419,28 +424,31 @@ def _obj_name(doc: object) -> str:
 
 
 def _field(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in specs.KINDS]
+    parts = [str(p) for p in loc if p not in kinds.names()]
     return ".".join(parts)
 
 
-def _validate(raw: _Raw, issues: list[SpecIssue]) -> specs.MirrorDoc | specs.SnapshotDoc | specs.PublishDoc | None:
+def _validate(raw: _Raw, issues: list[SpecIssue]) -> BaseModel | None:
+    """The document validated by its kind's model (a registered kind), or None with the issues."""
     doc = raw.data
     obj = _obj_name(doc)
     if not isinstance(doc, dict):
         issues.append(SpecIssue(str(raw.file), 0, "", "", f"document {raw.index + 1} is not a mapping"))
         return None
+    known = ", ".join(kinds.names())
     if "kind" not in doc:
-        issues.append(SpecIssue(str(raw.file), raw.line_of(()), obj, "kind", "missing (one of Mirror, Snapshot, Publish)"))
+        issues.append(SpecIssue(str(raw.file), raw.line_of(()), obj, "kind", f"missing (one of {known})"))
         return None
-    if not isinstance(doc["kind"], str) or doc["kind"] not in specs.KINDS:
+    kind = kinds.find(doc["kind"]) if isinstance(doc["kind"], str) else None
+    if kind is None:
         issues.append(SpecIssue(str(raw.file), raw.line_of(("kind",)), obj, "kind",
-                                f"unknown kind {doc['kind']!r} (one of Mirror, Snapshot, Publish)"))
+                                f"unknown kind {doc['kind']!r} (one of {known})"))
         return None
     try:
-        return specs.DOCUMENT.validate_python(doc)
+        return kind.doc.model_validate(doc)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if p not in specs.KINDS)
+            loc = tuple(p for p in err["loc"] if p not in kinds.names())
             message = err["msg"]
             if err["type"] == "extra_forbidden":
                 message = "unknown field"
@@ -522,7 +530,7 @@ def load_specs(paths: Iterable[str | Path], env: Mapping[str, str] | None = None
             if doc is not None:
                 _add(result, _resolve_paths(doc, file.parent), raw, issues)
     _cross_check(result, issues)
-    for kind in specs.KINDS:
+    for kind in kinds.names():
         for doc in result.by_kind(kind).values():
             result.digests.update({path: file_digest(path) for path in _named_files(doc)})
     errors = [i for i in issues if not i.warning]

@@ -42,10 +42,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+from reconciler import kinds
 from reconciler.errors import LockTimeout
 from reconciler.state import backend as statebackend
 
-KINDS = ("owner", "pool", "series", "mirror", "snapshot", "publish", "prefix")
+# the kinds' keys in their dependency order (kinds.all()), between the keys that go around them
+KINDS = ("owner", "pool", "series", *(kind.word for kind in kinds.all()), "prefix")
 POOL = "pool"
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
+from reconciler import kinds
 from reconciler.loader import Specs
 from reconciler.spec import Compression, Limits, Network, parse_duration
 from reconciler.state.rows import MirrorRow, PublishRow, SnapshotRow
@@ -73,6 +74,20 @@ class Observed:
     # (kind, name) -> why a declared object cannot be applied (a signing key file that is missing)
     problems: dict[tuple[str, str], str] = field(default_factory=dict)
     pool: PoolDamage = field(default_factory=PoolDamage)
+    # rows of kinds registered beyond the built-in three: kind -> name -> row
+    more: dict[str, dict] = field(default_factory=dict)
+
+    def rows(self, kind: str) -> dict:
+        """name -> row of one registered kind (`kinds.get(kind).plural` for the built-in ones)."""
+        plural = kinds.get(kind).plural
+        return getattr(self, plural) if plural in self.__dataclass_fields__ else self.more.get(kind, {})
+
+    @classmethod
+    def of(cls, rows: dict[str, dict], **facts) -> Observed:
+        """What was observed, from the rows of every registered kind (kind -> name -> row)."""
+        own = {kind: kinds.get(kind).plural in cls.__dataclass_fields__ for kind in rows}
+        return cls(**{kinds.get(k).plural: v for k, v in rows.items() if own[k]},
+                   more={k: v for k, v in rows.items() if not own[k]}, **facts)
 
 
 @dataclass
@@ -218,45 +233,83 @@ def _diff_fields(before: dict, after: dict) -> list[str]:
     return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 
 
+@dataclass
+class Planning:
+    """What a kind's planner (`kinds.Parts.plan`) reads: the specs, the options, the rows as
+    take-overs and renames leave them (kind -> name -> row), the observed state, and the
+    creates and updates of the kinds planned before it (kind -> changes)."""
+
+    specs: Specs
+    observed: Observed
+    options: Options
+    rows: dict[str, dict]
+    changes: dict[str, list[Change]] = field(default_factory=dict)
+
+
 def plan(specs: Specs, observed: Observed, options: Options = Options()) -> Plan:
-    renames, mirrors_up, snaps_up, pubs_up = [], [], [], []
-    mirror_rows = dict(observed.mirrors)
-    snapshot_rows = dict(observed.snapshots)
-    publish_rows = dict(observed.publishes)
-    claims = _claim(observed, options) + _adoptions(specs, mirror_rows, snapshot_rows, publish_rows, options)
-    observed = replace(observed, publishes=publish_rows)
-    for kind, declared, rows, out in (("Mirror", specs.mirrors, mirror_rows, renames),
-                                      ("Snapshot", specs.snapshots, snapshot_rows, renames)):
-        out.extend(_renames(kind, declared, rows))
+    rows = {kind.name: dict(observed.rows(kind.name)) for kind in kinds.all()}
+    snapshot_rows = rows["Snapshot"]
+    claims = _claim(observed, options) + _adoptions(specs, rows, options)
+    observed = replace(observed, publishes=rows["Publish"])
+    renames = [c for kind in kinds.all() if kind.renamable
+               for c in _renames(kind.name, specs.by_kind(kind.name), rows[kind.name])]
     observed = _follow_renames(observed, renames, snapshot_rows)
-    for name, doc in specs.mirrors.items():
-        keyrings = [specs.digests.get(k) for k in doc.spec.keyrings]
-        mirrors_up.append(_mirror(name, doc, mirror_rows.get(name), observed.probes.get(name), options.force,
-                                  keyrings))
-    series_names = {n for n, d in specs.snapshots.items() if d.spec.series}
-    dropped_snapshots = {n for n in _own_undeclared(snapshot_rows, specs.snapshots, options.owner)
-                         if snapshot_rows[n].series not in series_names}
-    for name, doc in specs.snapshots.items():
+    rows["Publish"] = observed.publishes
+    planning = Planning(specs, observed, options, rows)
+    for kind in kinds.all():  # dependency order: a kind's planner sees what those before it planned
+        planning.changes[kind.name] = kind.parts.plan(planning) if kind.parts.plan else []
+    snaps_up, pubs_up = planning.changes["Snapshot"], planning.changes["Publish"]
+    planned = _planned(snapshot_rows, snaps_up)
+    retention = _retention(specs, planned, observed, snaps_up, pubs_up)
+    # drops in reverse dependency order: the users of an object go before it
+    drops = [c for kind in reversed(kinds.all()) if kind.parts.drops for c in kind.parts.drops(planning)]
+    dropped = {c.name for c in retention + drops if c.kind == "Snapshot" and c.op == "drop"}
+    planning.changes.update(zip(("Mirror", "Snapshot", "Publish"),
+                                _repairs(observed.pool, planning.changes["Mirror"], snaps_up, pubs_up, dropped)))
+    problems = [Change("error", kind, name, why) for (kind, name), why in sorted(observed.problems.items())]
+    ups = [c for kind in kinds.all() for c in planning.changes[kind.name]]
+    return Plan(claims + problems + renames + ups + retention + drops)
+
+
+def _plan_mirrors(planning: Planning) -> list[Change]:
+    specs, rows = planning.specs, planning.rows["Mirror"]
+    return [_mirror(name, doc, rows.get(name), planning.observed.probes.get(name), planning.options.force,
+                    [specs.digests.get(k) for k in doc.spec.keyrings])
+            for name, doc in specs.mirrors.items()]
+
+
+def _plan_snapshots(planning: Planning) -> list[Change]:
+    out: list[Change] = []
+    rows, options = planning.rows["Snapshot"], planning.options
+    for name, doc in planning.specs.snapshots.items():
         if doc.spec.series:
-            snaps_up.extend(_series(name, doc, snapshot_rows, options))
+            out.extend(_series(name, doc, rows, options))
         else:
-            snaps_up.extend(_snapshot(name, doc, snapshot_rows.get(name), specs, mirror_rows, options))
+            out.extend(_snapshot(name, doc, rows.get(name), planning.specs, planning.rows["Mirror"], options))
+    return out
+
+
+def _planned(snapshot_rows: dict, snaps_up: list[Change]) -> dict:
+    """The snapshots as they will be: the rows, and the series members this plan creates."""
     planned = dict(snapshot_rows)
     planned.update({c.name: SimpleNamespace(series=c.detail["series"]) for c in snaps_up
                     if c.op == "create" and "series" in c.detail})
+    return planned
+
+
+def _plan_publishes(planning: Planning) -> list[Change]:
+    specs, observed = planning.specs, planning.observed
+    snaps_up = planning.changes.get("Snapshot", [])
+    planned = _planned(planning.rows["Snapshot"], snaps_up)
+    out = []
     for name, doc in specs.publishes.items():
         key = specs.digests.get(doc.spec.signing.keyFile) if doc.spec.signing.keyFile else None
-        change = _publish(name, doc, observed.publishes.get(name), planned, snaps_up, key)
+        change = _publish(name, doc, planning.rows["Publish"].get(name), planned, snaps_up, key)
         if change.op == "noop" and name in observed.trees:
-            now = options.now or datetime.now(timezone.utc)
+            now = planning.options.now or datetime.now(timezone.utc)
             change = _repair(change, doc, observed.publishes[name], observed.trees[name], now)
-        pubs_up.append(change)
-    retention = _retention(specs, planned, observed, snaps_up, pubs_up)
-    drops = _drops(specs, observed, mirror_rows, snapshot_rows, dropped_snapshots, options)
-    dropped = {c.name for c in retention + drops if c.kind == "Snapshot" and c.op == "drop"}
-    mirrors_up, snaps_up, pubs_up = _repairs(observed.pool, mirrors_up, snaps_up, pubs_up, dropped)
-    problems = [Change("error", kind, name, why) for (kind, name), why in sorted(observed.problems.items())]
-    return Plan(claims + problems + renames + mirrors_up + snaps_up + pubs_up + retention + drops)
+        out.append(change)
+    return out
 
 
 def _claim(observed: Observed, options: Options) -> list[Change]:
@@ -271,14 +324,14 @@ def _claim(observed: Observed, options: Options) -> list[Change]:
                    {"source": held, "wanted": options.source})]
 
 
-def _adoptions(specs: Specs, mirrors: dict, snapshots: dict, publishes: dict, options: Options) -> list[Change]:
+def _adoptions(specs: Specs, rows_of: dict[str, dict], options: Options) -> list[Change]:
     """Declared objects another owner holds: an error, or with --take-over a change of owner.
 
     Taken over rows are replaced in the caller's dicts, so the rest of the plan sees them as
     this owner's."""
     out = []
-    for kind, declared, rows in (("Mirror", specs.mirrors, mirrors), ("Snapshot", specs.snapshots, snapshots),
-                                 ("Publish", specs.publishes, publishes)):
+    for kind in kinds.names():
+        declared, rows = specs.by_kind(kind), rows_of[kind]
         for name in sorted(declared):
             row = rows.get(name)
             if row is None or row.owner == options.owner:
@@ -591,23 +644,38 @@ def _own_undeclared(rows: dict, declared: dict, owner: str) -> set[str]:
     return {n for n, r in rows.items() if n not in declared and r.owner == owner}
 
 
-def _drops(specs: Specs, observed: Observed, mirrors: dict, snapshots: dict, dropped_snaps: set[str],
-           options: Options) -> list[Change]:
-    out: list[Change] = []
+def _drop_publishes(planning: Planning) -> list[Change]:
+    declared = planning.specs.publishes
+    return [_drop("Publish", name, row, planning.options, [])
+            for name, row in sorted(planning.observed.publishes.items()) if name not in declared]
+
+
+def _drop_snapshots(planning: Planning) -> list[Change]:
+    specs, options, snapshots = planning.specs, planning.options, planning.rows["Snapshot"]
     declared_pub_snaps = {s for d in specs.publishes.values() for s in resolve_sources(d, snapshots).values()}
-    kept_pubs = {n: r for n, r in observed.publishes.items() if n in specs.publishes or r.owner != options.owner}
-    for name, row in sorted(observed.publishes.items()):
-        if name not in specs.publishes:
-            out.append(_drop("Publish", name, row, options, []))
+    kept_pubs = {n: r for n, r in planning.observed.publishes.items()
+                 if n in specs.publishes or r.owner != options.owner}
     undeclared = {n for n, r in snapshots.items() if n not in specs.snapshots and
                   not (r.series and r.series in specs.snapshots)}
+    out = []
     for name in sorted(undeclared):
         users = sorted(f"publish/{n}" for n, r in kept_pubs.items()
                        if name in r.sources.values() and n not in specs.publishes)
         if name in declared_pub_snaps:
             users.append("a declared publish")
         out.append(_drop("Snapshot", name, snapshots[name], options, users))
-    remaining = {n: r for n, r in snapshots.items() if n not in dropped_snaps}
+    return out
+
+
+def _drop_mirrors(planning: Planning) -> list[Change]:
+    """A mirror is in use by the snapshots taken from it that this plan keeps."""
+    specs, options = planning.specs, planning.options
+    mirrors, snapshots = planning.rows["Mirror"], planning.rows["Snapshot"]
+    series_names = {n for n, d in specs.snapshots.items() if d.spec.series}
+    dropped = {n for n in _own_undeclared(snapshots, specs.snapshots, options.owner)
+               if snapshots[n].series not in series_names}
+    remaining = {n: r for n, r in snapshots.items() if n not in dropped}
+    out = []
     for name in sorted(set(mirrors) - set(specs.mirrors)):
         users = sorted(f"snapshot/{n}" for n, r in remaining.items() if r.source_mirror == name)
         out.append(_drop("Mirror", name, mirrors[name], options, users))
@@ -651,3 +719,8 @@ def package_diff(old, new) -> dict[str, list]:
 def summary(diff: dict[str, list]) -> str:
     return f"+{len(diff['added'])} ~{len(diff['changed'])} -{len(diff['removed'])}"
 
+
+# the planning rules of the built-in kinds (their executable part; see kinds.registry)
+kinds.attach("Mirror", plan=_plan_mirrors, drops=_drop_mirrors)
+kinds.attach("Snapshot", plan=_plan_snapshots, drops=_drop_snapshots)
+kinds.attach("Publish", plan=_plan_publishes, drops=_drop_publishes)

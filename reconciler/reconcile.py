@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from reconciler import events, tasks, treeverify, upstream
+from reconciler import events, kinds, tasks, treeverify, upstream
 from reconciler import plan as planner
 from reconciler.actions import mirrors, owners, publish, repair, snapshots
 from reconciler.actions.result import Result
@@ -33,13 +33,8 @@ def observe(store: Store, publish_root: Path | None = None) -> planner.Observed:
     if publish_root is not None:
         trees = {r.name: treeverify.published(publish_root, r.prefix, r.distribution)
                  for r in store.publishes.list()}
-    return planner.Observed(
-        trees=trees,
-        mirrors={r.name: r for r in store.mirrors.list()},
-        snapshots={r.name: r for r in store.snapshots.list()},
-        publishes={r.name: r for r in store.publishes.list()},
-        owners=store.owners.all(),
-    )
+    rows = {kind.name: {r.name: r for r in kind.rows(store).list()} for kind in kinds.all()}
+    return planner.Observed.of(rows, trees=trees, owners=store.owners.all())
 
 
 def probe(ctx: tasks.Context, specs: Specs, observed: planner.Observed,
@@ -167,39 +162,50 @@ def describe(store: Store, specs: Specs, the_plan: planner.Plan, upcoming: dict[
              diffs: dict[str, dict] | None = None) -> None:
     """Add package counts to snapshot creates, the package diff (`diffs`) to mirror
     changes, a per-component package diff to publish changes, and a warning to a
-    filter that selects nothing."""
+    filter that selects nothing: each kind's attached `describe` part."""
     upcoming, diffs = upcoming or {}, diffs or {}
     for change in the_plan.changes:
-        if change.kind == "Mirror" and change.op in ("create", "edit", "update") and change.name in diffs:
-            doc = specs.mirrors[change.name]
-            change.detail["packages"] = diffs[change.name]
-            if doc.spec.filter and not change.detail.get("numPackages"):
-                change.reason += _empty_filter("mirror", change.name, doc.spec)
+        kind = kinds.find(change.kind)
+        if kind is not None and kind.parts.describe is not None:
+            kind.parts.describe(store, specs, change, upcoming, diffs)
+
+
+def _describe_mirror(store: Store, specs: Specs, change: planner.Change, upcoming: dict, diffs: dict) -> None:
+    if change.op in ("create", "edit", "update") and change.name in diffs:
+        doc = specs.mirrors[change.name]
+        change.detail["packages"] = diffs[change.name]
+        if doc.spec.filter and not change.detail.get("numPackages"):
+            change.reason += _empty_filter("mirror", change.name, doc.spec)
+
+
+def _describe_snapshot(store: Store, specs: Specs, change: planner.Change, upcoming: dict, diffs: dict) -> None:
+    if change.op not in ("create", "replace"):
+        return
+    name = change.detail.get("series") or change.name
+    preview = _preview_new(store, specs, name, upcoming)
+    if preview is not None:
+        spec = specs.snapshots[name].spec
+        source = "after the mirror's update" if spec.mirror in upcoming else "from the current mirror list"
+        change.detail["numPackages"] = len(preview)
+        change.reason += f": {len(preview)} packages ({source})"
+        if spec.filter and not preview:
+            change.reason += _empty_filter("snapshot", name, spec)
+
+
+def _describe_publish(store: Store, specs: Specs, change: planner.Change, upcoming: dict, diffs: dict) -> None:
+    if change.op not in ("create", "switch"):
+        return
+    before = change.detail.get("before", {})
+    components = {}
+    for comp, snap in change.detail["sources"].items():
+        new = _preview(store, specs, snap, upcoming)
+        old = _preview(store, specs, before[comp], upcoming) if comp in before else []
+        if new is None or old is None:
             continue
-        if change.kind == "Snapshot" and change.op in ("create", "replace"):
-            name = change.detail.get("series") or change.name
-            preview = _preview_new(store, specs, name, upcoming)
-            if preview is not None:
-                spec = specs.snapshots[name].spec
-                source = "after the mirror's update" if spec.mirror in upcoming else "from the current mirror list"
-                change.detail["numPackages"] = len(preview)
-                change.reason += f": {len(preview)} packages ({source})"
-                if spec.filter and not preview:
-                    change.reason += _empty_filter("snapshot", name, spec)
-            continue
-        if change.kind != "Publish" or change.op not in ("create", "switch"):
-            continue
-        before = change.detail.get("before", {})
-        components = {}
-        for comp, snap in change.detail["sources"].items():
-            new = _preview(store, specs, snap, upcoming)
-            old = _preview(store, specs, before[comp], upcoming) if comp in before else []
-            if new is None or old is None:
-                continue
-            components[comp] = planner.package_diff(old, new)
-        change.detail["packages"] = components
-        if components:
-            change.reason += " (" + ", ".join(f"{c}: {planner.summary(d)}" for c, d in components.items()) + ")"
+        components[comp] = planner.package_diff(old, new)
+    change.detail["packages"] = components
+    if components:
+        change.reason += " (" + ", ".join(f"{c}: {planner.summary(d)}" for c, d in components.items()) + ")"
 
 
 @dataclass
@@ -302,45 +308,65 @@ def _lost_files(ctx: tasks.Context, specs: Specs) -> list[str]:
 
 
 def _blocked(change: planner.Change, specs: Specs, failed: set[str]) -> str | None:
-    series = change.detail.get("series")
-    if change.kind == "Snapshot" and (change.name in specs.snapshots or series):
-        spec = specs.snapshots[series or change.name].spec
-        deps = [f"Mirror/{spec.mirror}"] if spec.mirror else [f"Snapshot/{s}" for s in spec.snapshots]
-    elif change.kind == "Publish" and change.name in specs.publishes:
-        deps = [f"Snapshot/{s.removesuffix('@latest')}" for s in specs.publishes[change.name].spec.components.values()]
-    else:
+    """The failed object this change is made from (`mirror/m`), if any: it is skipped."""
+    kind = kinds.find(change.kind)
+    if kind is None:  # an Owner
         return None
+    doc = specs.by_kind(change.kind).get(change.detail.get("series") or change.name)
+    if doc is None:
+        return None
+    deps = [f"{dep_kind}/{dep}" for dep_kind, dep in kind.requires(doc)]
     return next((d.lower() for d in deps if d in failed), None)
 
 
 def _run(ctx: tasks.Context, specs: Specs, change: planner.Change, options: planner.Options,
          echo=None) -> Result | None:
     """The change's action, and what it did; None for a change the plan only reports."""
-    op, kind, name = change.op, change.kind, change.name
-    if op in ("noop", "unmanaged") and kind != "Mirror" and kind != "Publish":
+    kind = kinds.find(change.kind)
+    if change.op == "unmanaged" or kind is None or kind.parts.apply is None:
         return None
-    if op == "unmanaged":
+    if change.op == "adopt":
+        return owners.adopt(ctx, change.kind, change.name, options.owner)
+    return kind.parts.apply(ctx, specs, change, options, echo)
+
+
+def _apply_mirror(ctx: tasks.Context, specs: Specs, change: planner.Change, options: planner.Options,
+                  echo=None) -> Result | None:
+    """A mirror change: every op but rename and drop is a sync, which re-checks upstream (noop too)."""
+    if change.op == "rename":
+        return mirrors.rename(ctx, change.detail["from"], change.name)
+    if change.op == "drop":
+        return mirrors.drop(ctx, change.name, force=options.force, missing_ok=True)
+    return mirrors.sync(ctx, specs.mirrors[change.name], owner=options.owner, force=options.force, echo=echo).result()
+
+
+def _apply_snapshot(ctx: tasks.Context, specs: Specs, change: planner.Change, options: planner.Options,
+                    echo=None) -> Result | None:
+    op, name, series = change.op, change.name, change.detail.get("series")
+    if op == "noop":
         return None
-    if op == "adopt":
-        return owners.adopt(ctx, kind, name, options.owner)
     if op == "rename":
-        module = mirrors if kind == "Mirror" else snapshots
-        return module.rename(ctx, change.detail["from"], name)
-    if op == "drop":
-        if kind == "Snapshot" and "series" in change.detail:
-            return snapshots.drop(ctx, name, missing_ok=True)
-        if kind == "Mirror":
-            return mirrors.drop(ctx, name, force=options.force, missing_ok=True)
-        if kind == "Snapshot":
-            return snapshots.drop(ctx, name, force=options.force, missing_ok=True)
-        return publish.drop(ctx, name, missing_ok=True)
-    if kind == "Mirror":
-        return mirrors.sync(ctx, specs.mirrors[name], owner=options.owner, force=options.force, echo=echo).result()
-    if kind == "Snapshot" and "series" in change.detail:
-        doc = specs.snapshots[change.detail["series"]]
-        return snapshots.create(ctx, doc, owner=options.owner, name=name, series=change.detail["series"])
-    if kind == "Snapshot" and op == "update":
+        return snapshots.rename(ctx, change.detail["from"], name)
+    if op == "drop":  # a series member beyond keep: retention checked it is unused
+        return snapshots.drop(ctx, name, missing_ok=True) if series else \
+            snapshots.drop(ctx, name, force=options.force, missing_ok=True)
+    if series:
+        return snapshots.create(ctx, specs.snapshots[series], owner=options.owner, name=name, series=series)
+    if op == "update":
         return snapshots.set_protect(ctx, name, change.detail["protect"])
-    if kind == "Snapshot":
-        return snapshots.create(ctx, specs.snapshots[name], owner=options.owner, replace=op == "replace")
-    return publish.publish(ctx, specs.publishes[name], owner=options.owner)
+    return snapshots.create(ctx, specs.snapshots[name], owner=options.owner, replace=op == "replace")
+
+
+def _apply_publish(ctx: tasks.Context, specs: Specs, change: planner.Change, options: planner.Options,
+                   echo=None) -> Result | None:
+    """A publish change: drop, else publish, which re-derives inside its lock what to write (noop too)."""
+    if change.op == "drop":
+        return publish.drop(ctx, change.name, missing_ok=True)
+    return publish.publish(ctx, specs.publishes[change.name], owner=options.owner)
+
+
+# the executable part of the built-in kinds (see kinds.registry): how apply runs their
+# changes, what a plan preview adds to them, and the API's drop by name
+kinds.attach("Mirror", apply=_apply_mirror, describe=_describe_mirror, drop=mirrors.drop)
+kinds.attach("Snapshot", apply=_apply_snapshot, describe=_describe_snapshot, drop=snapshots.drop)
+kinds.attach("Publish", apply=_apply_publish, describe=_describe_publish)

@@ -6,108 +6,40 @@ One place, so the CLI and the API can never disagree on a field name. Every item
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from reconciler import kinds
 from reconciler.debian import query
 from reconciler.errors import BadRequest, NotFound
-from reconciler.state.rows import MirrorRow, PublishRow, SnapshotRow
+from reconciler.kinds.mirror import MirrorView  # noqa: F401 - the kinds' response models, by name
+from reconciler.kinds.publish import PublishView  # noqa: F401
+from reconciler.kinds.snapshot import SnapshotView  # noqa: F401
 from reconciler.state.stores import Store
 
 
-def mirror(row: MirrorRow) -> dict:
-    spec = row.spec
-    return {
-        "name": row.name,
-        "url": spec.get("url"),
-        "distribution": spec.get("distribution"),
-        "components": spec.get("components") or row.upstream.get("components", []),
-        "architectures": spec.get("architectures") or row.upstream.get("architectures", []),
-        "filter": spec.get("filter"),
-        "numPackages": row.num_packages,
-        "status": row.status,
-        "updateComplete": row.update_complete,
-        "lastUpdate": row.last_update,
-        "lastError": row.last_error,
-        "upstreamDate": row.release_date,
-        "owner": row.owner,
-        "protect": row.protect,
-        "createdAt": row.created_at,
-    }
+# The views of the kinds live with their kinds (kinds/mirror.py, ...); these names stay
+# for the callers that want one by name.
+mirror = kinds.get("Mirror").view
+snapshot = kinds.get("Snapshot").view
+publish = kinds.get("Publish").view
+text = kinds.text
 
 
-def snapshot(row: SnapshotRow) -> dict:
-    return {
-        "name": row.name,
-        "numPackages": row.num_packages,
-        "digest": row.list_digest,
-        "mirror": row.source_mirror,
-        "snapshots": row.source_snapshots,
-        "series": row.series,
-        "filter": row.spec.get("filter"),
-        "owner": row.owner,
-        "protect": row.protect,
-        "createdAt": row.created_at,
-    }
+def kind_of(word: str) -> kinds.Kind:
+    """The kind a command line names (`mirror`); BadRequest naming the kinds there are."""
+    kind = kinds.of_word(word)
+    if kind is None:
+        raise BadRequest(f"unknown kind {word!r}: give {kinds.words()}")
+    return kind
 
 
-def publish(row: PublishRow) -> dict:
-    return {
-        "name": row.name,
-        "prefix": row.prefix,
-        "distribution": row.distribution,
-        "components": row.sources,
-        "numPackages": row.num_packages,
-        "releaseSha256": row.release_sha256,
-        "owner": row.owner,
-        "protect": row.protect,
-        "publishedAt": row.published_at,
-    }
-
-
-def rows_for(kind: str):
-    """(list function name on the store, view) for a kind given on the command line."""
-    return {
-        "mirror": ("mirrors", mirror),
-        "snapshot": ("snapshots", snapshot),
-        "publish": ("publishes", publish),
-    }[kind]
-
-
-def text(value) -> str:
-    """One value as `show` prints it: lists as comma lists, mappings as k=v, None as `-`."""
-    if value is None or value == "" or value == [] or value == {}:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(text(v) for v in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={text(v)}" for k, v in value.items())
-    return str(value)
-
-
-def table(kind: str, items: list[dict]) -> tuple[list[str], list[list[str]]]:
+def table(word: str, items: list[dict]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of `list KIND` as text: the columns an operator scans first."""
-    if kind == "mirror":
-        header = ["NAME", "PACKAGES", "STATUS", "UPDATED", "DISTRIBUTION", "COMPONENTS", "ARCHITECTURES", "URL"]
-        rows = [[i["name"], str(i["numPackages"]), i["status"] or "-", i["lastUpdate"] or "never",
-                 i["distribution"] or "-", text(i["components"]), text(i["architectures"]), i["url"] or "-"]
-                for i in items]
-    elif kind == "snapshot":
-        header = ["NAME", "PACKAGES", "SOURCE", "DIGEST", "CREATED"]
-        rows = [[i["name"], str(i["numPackages"]),
-                 f"mirror/{i['mirror']}" if i["mirror"] else "merge " + text(i["snapshots"]),
-                 (i["digest"] or "")[:12] or "-", i["createdAt"] or "-"] for i in items]
-    else:
-        header = ["NAME", "PACKAGES", "PREFIX", "DISTRIBUTION", "COMPONENTS", "PUBLISHED"]
-        rows = [[i["name"], str(i["numPackages"]), i["prefix"], i["distribution"], text(i["components"]),
-                 i["publishedAt"] or "-"] for i in items]
-    return header, rows
+    columns = kind_of(word).columns
+    return [header for header, _cell in columns], [[cell(i) for _header, cell in columns] for i in items]
 
 
 # -- packages: `reconciler packages` and /api/.../packages ---------------------------
-
-PACKAGE_KINDS = ("mirror", "snapshot", "publish")
 
 
 def package_lists(store: Store, where: str | None) -> list[tuple[str, str | None, list[int]]]:
@@ -115,28 +47,25 @@ def package_lists(store: Store, where: str | None) -> list[tuple[str, str | None
     `snapshot/NAME`, `publish/NAME` (one per component), or every mirror and snapshot
     when `where` is None (a publish serves its snapshots' lists)."""
     if where is None:
-        return ([(f"mirror/{r.name}", None, list(store.lists.ids(r.list_digest))) for r in store.mirrors.list()]
-                + [(f"snapshot/{r.name}", None, list(store.lists.ids(r.list_digest)))
-                   for r in store.snapshots.list()])
-    kind, slash, name = where.partition("/")
-    if not slash or kind not in PACKAGE_KINDS or not name:
-        raise BadRequest(f"cannot list packages in {where!r}: give mirror/NAME, snapshot/NAME or publish/NAME")
-    if kind == "publish":
-        published = store.publishes.get(name)
-        if published is None:
-            raise NotFound(f"publish {name!r} does not exist (`reconciler list publishes` names them)")
-        out: list[tuple[str, str | None, list[int]]] = []
-        for comp, snapshot_name in sorted(published.sources.items()):
-            snap = store.snapshots.get(snapshot_name)
-            if snap is None:
-                raise NotFound(f"publish/{name}: component {comp} serves snapshot {snapshot_name!r}, which "
-                               "no longer exists; run apply to republish it")
-            out.append((where, comp, list(store.lists.ids(snap.list_digest))))
-        return out
-    row = (store.mirrors if kind == "mirror" else store.snapshots).get(name)
+        return [(f"{kind.word}/{r.name}", None, list(store.lists.ids(r.list_digest)))
+                for kind in kinds.all() if not kind.components for r in kind.rows(store).list()]
+    word, slash, name = where.partition("/")
+    kind = kinds.of_word(word)
+    if not slash or kind is None or not name:
+        raise BadRequest(f"cannot list packages in {where!r}: give {kinds.words(suffix='/NAME')}")
+    row = kind.rows(store).get(name)
     if row is None:
-        raise NotFound(f"{kind} {name!r} does not exist (`reconciler list {kind}s` names them)")
-    return [(where, None, list(store.lists.ids(row.list_digest)))]
+        raise NotFound(f"{word} {name!r} does not exist (`reconciler list {kind.plural}` names them)")
+    if not kind.components:
+        return [(where, None, list(store.lists.ids(row.list_digest)))]
+    out: list[tuple[str, str | None, list[int]]] = []
+    for comp, snapshot_name in sorted(row.sources.items()):
+        snap = store.snapshots.get(snapshot_name)
+        if snap is None:
+            raise NotFound(f"{where}: component {comp} serves snapshot {snapshot_name!r}, which "
+                           "no longer exists; run apply to republish it")
+        out.append((where, comp, list(store.lists.ids(snap.list_digest))))
+    return out
 
 
 def packages(store: Store, text: str | None = None, where: str | None = None, *,
@@ -174,53 +103,10 @@ def _camel(key: str) -> str:
 
 # -- the shapes above as models: the API's response schemas in /openapi.json ----------
 # tests/test_api_shapes.py checks that each model has exactly the keys its view returns.
+# The kinds' models live with their views, in kinds/.
 
 
-class _Shape(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class MirrorView(_Shape):
-    name: str
-    url: str | None = Field(description="Archive root, as the spec gives it")
-    distribution: str | None
-    components: list[str] = Field(description="As declared, else all the upstream Release lists")
-    architectures: list[str] = Field(description="As declared, else all the upstream Release lists")
-    filter: str | None
-    numPackages: int
-    status: str = Field(description="ready, or failed (lastError says why; the previous list is kept)")
-    updateComplete: bool
-    lastUpdate: str | None = Field(description="ISO time of the last successful update")
-    lastError: str | None
-    upstreamDate: str | None = Field(description="Date of the upstream Release last read")
-    owner: str
-    protect: bool
-    createdAt: str
-
-
-class SnapshotView(_Shape):
-    name: str
-    numPackages: int
-    digest: str = Field(description="SHA256 of the package list: equal digests, equal content")
-    mirror: str | None = Field(description="The mirror it was taken from (null for a merge)")
-    snapshots: list[str] = Field(description="The snapshots it merges (empty when taken from a mirror)")
-    series: str | None = Field(description="The series it belongs to")
-    filter: str | None
-    owner: str
-    protect: bool
-    createdAt: str
-
-
-class PublishView(_Shape):
-    name: str
-    prefix: str
-    distribution: str
-    components: dict[str, str] = Field(description="component -> the snapshot it serves")
-    numPackages: int
-    releaseSha256: str | None
-    owner: str
-    protect: bool
-    publishedAt: str
+_Shape = kinds.Shape
 
 
 class TaskView(_Shape):

@@ -11,11 +11,9 @@ routine apply pays one read.
 
 from __future__ import annotations
 
-from reconciler import locks, tasks
+from reconciler import kinds, locks, tasks
 from reconciler.actions.result import Result, run, unchanged
 from reconciler.errors import NotFound, Refused
-
-TABLES = {"Mirror": "mirrors", "Snapshot": "snapshots", "Publish": "publishes"}
 
 
 def claim(ctx: tasks.Context, owner: str, source: str, *, take_over: bool = False) -> Result | None:
@@ -39,27 +37,24 @@ def claim(ctx: tasks.Context, owner: str, source: str, *, take_over: bool = Fals
 
 def adopt(ctx: tasks.Context, kind: str, name: str, owner: str) -> Result:
     """Make `owner` the owner of object KIND/NAME (what `--take-over` plans)."""
-    table = TABLES[kind]
-    before = ctx.store().publishes.get(name) if kind == "Publish" else None
-    if kind == "Publish":
-        if before is None:
-            raise NotFound(f"publish {name!r} does not exist")
-        keys = [locks.publish(before.prefix, before.distribution)]
-    else:
-        keys = [locks.mirror(name) if kind == "Mirror" else locks.snapshot(name)]
+    of = kinds.get(kind)
+    before = of.rows(ctx.store()).get(name)
+    if before is None:
+        raise NotFound(f"{of.word} {name!r} does not exist")
+    key = of.lock_key(before)  # a publish's key is where it is published: it must not move meanwhile
 
     def body(task: tasks.Task) -> Result:
         with task.transaction() as store:
-            row = getattr(store, table).get(name)  # fresh, inside the lock
+            row = of.rows(store).get(name)  # fresh, inside the lock
             if row is None:
-                raise NotFound(f"{kind.lower()} {name!r} does not exist")
-            if kind == "Publish" and (row.prefix, row.distribution) != (before.prefix, before.distribution):
-                raise Refused(f"publish/{name} moved while waiting for the lock; run again")
+                raise NotFound(f"{of.word} {name!r} does not exist")
+            if of.lock_key(row) != key:
+                raise Refused(f"{of.word}/{name} moved while waiting for the lock; run again")
             if row.owner == owner:
                 return unchanged(f"{kind.lower()}/{name}: already owned by {owner!r}")
-            store.owners.adopt(table, name, owner)
+            store.owners.adopt(of.plural, name, owner)
         message = f"{kind.lower()}/{name}: taken over from owner {row.owner!r} by {owner!r}"
         task.log(message)
         return Result(message)
 
-    return run(ctx, f"adopt {kind.lower()} {name}", keys, body, pool=False)
+    return run(ctx, f"adopt {of.word} {name}", [key], body, pool=False)
