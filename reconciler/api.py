@@ -135,8 +135,8 @@ def create_app(ctx: tasks.Context, controller: Controller, *, metrics: Metrics |
     _mutations(app, ctx, controller, metrics, auth)
     _operations(app, controller, metrics)
     if serve_public:
-        ctx.publish_root.mkdir(parents=True, exist_ok=True)
-        app.mount("/public", PublicFiles(directory=ctx.publish_root, follow_symlink=False), name="public")
+        ctx.publish_dir.mkdir(parents=True, exist_ok=True)
+        app.mount("/public", PublicFiles(directory=ctx.publish_dir, follow_symlink=False), name="public")
     return app
 
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 import typer.core
@@ -19,6 +19,8 @@ import typer.core
 from reconciler import kinds, views
 from reconciler.errors import ReconcilerError, SpecError
 
+if TYPE_CHECKING:  # the CLI imports what a command needs when it runs
+    from reconciler.fetch import Progress
 
 
 class Command(typer.core.TyperCommand):
@@ -99,7 +101,7 @@ def _context(*, read_only: bool = False):
     and say so on stderr."""
     from reconciler.tasks import Context
 
-    progress: Callable[[str], object] | None = None
+    progress: Callable[[str], Progress] | None = None
     if sys.stderr.isatty():
         from reconciler.progress import RichProgress
 

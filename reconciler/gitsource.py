@@ -112,7 +112,7 @@ class GitSource:
         try:
             sha = self._fetch(repo, revision)
             if self.trusted_keys is not None:
-                self._verify(repo, sha)
+                self._verify(repo, sha, self.trusted_keys)
             tree = self._export(repo, sha)
         finally:
             repo.close()
@@ -143,7 +143,7 @@ class GitSource:
             repo.refs[b"refs/reconciler/fetched"] = want  # keeps it reachable for a later gc
         return _peel(repo, want).decode()
 
-    def _verify(self, repo, sha: str) -> None:
+    def _verify(self, repo, sha: str, trusted_keys: Path) -> None:
         from dulwich.errors import ObjectFormatException
 
         short = sha[:12]
@@ -153,13 +153,13 @@ class GitSource:
             raise UntrustedCommit(f"commit {short}: unreadable signature ({exc})") from None
         if not signature:
             raise UntrustedCommit(f"commit {short} is not signed; with --verify-commits only commits signed "
-                                  f"by a key in {self.trusted_keys} are applied")
+                                  f"by a key in {trusted_keys} are applied")
         if not signature.lstrip().startswith(b"-----BEGIN PGP SIGNATURE-----"):
             raise UntrustedCommit(f"commit {short} carries an SSH or X.509 signature; --verify-commits "
                                   "accepts OpenPGP signatures only")
         try:
             gpg.verify_release(inrelease=None, release=payload, release_gpg=signature,
-                               keyrings=[self.trusted_keys], workdir=self.workdir)
+                               keyrings=[trusted_keys], workdir=self.workdir)
         except VerifyError as exc:
             reason = str(exc).removeprefix("Release.gpg: ")
             raise UntrustedCommit(f"commit {short} is not signed by a trusted key: {reason}") from None

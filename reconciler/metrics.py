@@ -114,7 +114,7 @@ class _PublishValidity(Collector):
             db.close()
         now = datetime.now(timezone.utc)
         for row in rows:
-            until = treeverify.published(self.ctx.publish_root, row.prefix, row.distribution).valid_until
+            until = treeverify.published(self.ctx.publish_dir, row.prefix, row.distribution).valid_until
             if until is not None:
                 family.add_metric([row.name], (until - now).total_seconds())
         yield family

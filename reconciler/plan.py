@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
+from typing import Any
 
 from reconciler import kinds
 from reconciler.loader import Specs
@@ -86,8 +88,9 @@ class Observed:
     def of(cls, rows: dict[str, dict], **facts) -> Observed:
         """What was observed, from the rows of every registered kind (kind -> name -> row)."""
         own = {kind: kinds.get(kind).plural in cls.__dataclass_fields__ for kind in rows}
-        return cls(**{kinds.get(k).plural: v for k, v in rows.items() if own[k]},
-                   more={k: v for k, v in rows.items() if not own[k]}, **facts)
+        # Any: each built-in kind's rows go to its own field (mirrors, snapshots, ...)
+        fields: dict[str, Any] = {kinds.get(k).plural: v for k, v in rows.items() if own[k]}
+        return cls(**fields, more={k: v for k, v in rows.items() if not own[k]}, **facts)
 
 
 @dataclass
@@ -501,7 +504,7 @@ def _refusal(name: str, doc, row: MirrorRow, probe: Probe, content_edited: bool)
 
 
 def _mirror(name: str, doc, row: MirrorRow | None, probe: Probe | None, force: bool = False,
-            keyrings: list[str | None] = ()) -> Change:
+            keyrings: Sequence[str | None] = ()) -> Change:
     wanted = doc.spec.stored()  # compared with the row as stored: secrets by their digests
     counts = {}
     if probe is not None:
@@ -595,9 +598,10 @@ def _publish(name: str, doc, row: PublishRow | None, snapshots: dict, snap_chang
                                  or "edit " + ", ".join(fields))
         return Change("switch" if switched else "update", "Publish", name, reason,
                       {"sources": sources, "before": row.sources, "fields": fields})
-    lists = {c: getattr(snapshots.get(s), "list_digest", None) for c, s in sources.items()}
+    lists: dict[str, str | None] = {c: getattr(snapshots.get(s), "list_digest", None) for c, s in sources.items()}
+    known = {c: d for c, d in lists.items() if d is not None}  # each source's list, where it has one yet
     wanted = doc.spec.model_dump(mode="json")
-    if None not in lists.values() and not published_inputs(row.inputs_digest, wanted, lists, key):
+    if len(known) == len(lists) and not published_inputs(row.inputs_digest, wanted, known, key):
         why = "its snapshots hold other packages than the tree (a replace, or a switch that did not finish)"
         if doc.spec.signing.keyFile:  # the digest covers both; which one changed it cannot tell
             why = "the signing key file holds another key than the tree was signed with, or " + why

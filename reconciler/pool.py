@@ -5,8 +5,9 @@ Two capabilities, split on purpose (callers ask for the capability they need):
 - `PackagePool` is what every backend offers: does it hold a verified file, import a
   file, open one for reading, remove one. Code that only needs these asks for this.
 - `LocalPackagePool` adds what only a filesystem pool can do: a path to hard-link from,
-  and a temporary path on the same filesystem to download into, so that the final
-  step of an import is one atomic rename.
+  a temporary path on the same filesystem to download into, so that the final
+  step of an import is one atomic rename, and the paths of a file's quarantined
+  copies (the tree writer tells a hard link to a damaged copy by its inode).
 
 A file appears in the pool only complete and verified: it is written under `tmp/`,
 checked, made read-only (0444: no other user of the machine can edit it in place), then
@@ -77,6 +78,8 @@ class LocalPackagePool(PackagePool, Protocol):
     def path(self, sha256: str) -> Path: ...
 
     def temp_path(self, name: str) -> Path: ...
+
+    def quarantined(self, sha256: str) -> Iterator[Path]: ...
 
 
 Identity = tuple[int, int, int]  # (size, mtime_ns, inode) of a verified pool file

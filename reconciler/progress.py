@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 
 class RichProgress:
@@ -17,7 +17,7 @@ class RichProgress:
         self.lock = threading.Lock()
         self.display = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                 TransferSpeedColumn(), TextColumn("{task.fields[files]}"), transient=True)
-        self.task = None
+        self.task: TaskID | None = None  # none until a download with files starts
         self.files = self.done = 0
 
     def start(self, files: int, nbytes: int) -> None:

@@ -22,6 +22,7 @@ from reconciler import plan as planner
 from reconciler.actions import mirrors, owners, publish, repair, snapshots
 from reconciler.actions.result import Result
 from reconciler.errors import ReconcilerError, Refused
+from reconciler.events import Event
 from reconciler.fetch import Fetcher
 from reconciler.loader import Specs
 from reconciler.state.stores import Store
@@ -227,7 +228,7 @@ class Report:
         made = [e.message for e in self.events if e.finished and e.outcome == events.CHANGED]
         return ([self.claim] if self.claim else []) + made
 
-    def record(self, event: events.Event) -> None:
+    def record(self, event: Event) -> None:  # `events` here is the field above, not the module
         if not event.finished:
             return
         self.events.append(event)

@@ -31,6 +31,7 @@ from typing import TypeVar
 
 from reconciler import locks
 from reconciler.errors import ReconcilerError, StateError, StorageError
+from reconciler.fetch import Progress
 from reconciler.pool import FilesystemPool
 from reconciler.state import backend as statebackend
 from reconciler.state import sqlite as statesqlite
@@ -64,7 +65,7 @@ class Context:
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     echo: Callable[[str], None] | None = None
     # Builds a download progress display (fetch.Progress) for a label; None: no display.
-    progress: Callable[[str], object] | None = None
+    progress: Callable[[str], Progress] | None = None
     create: bool = True
     clock: Callable[[], datetime] = utcnow
     # Where the state lives (state/backend.open_backend); None: $RECONCILER_STATE, else
@@ -85,6 +86,12 @@ class Context:
         self._db: statebackend.Session | None = None
         self._pool: FilesystemPool | None = None
         self._scratch: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def publish_dir(self) -> Path:
+        """Where the published trees live: `publish_root` as resolved by __post_init__
+        (given, else ROOT/public), typed as the Path it always is after construction."""
+        return self.publish_root or self.root / "public"
 
     @property
     def state_name(self) -> str:
@@ -145,7 +152,7 @@ class Context:
         return "state.db" if hasattr(self.backend, "path") else f"the database {self.state_name}"
 
     def _refuse_lost(self, what: str) -> None:
-        found = evidence(self.pool_root or self.root / "pool", self.publish_root or self.root / "public")
+        found = evidence(self.pool_root or self.root / "pool", self.publish_dir)
         if found:
             raise StateError(
                 f"{self.state_name} {what}, but {' and '.join(found)}: the state that describes them is lost; "

@@ -22,7 +22,7 @@ collecting meanwhile is waited for, not reported as drift.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -154,7 +154,7 @@ def verify(ctx: tasks.Context, *, deep: bool = False) -> list[str]:
 
 
 @contextmanager
-def _reading(ctx: tasks.Context, db, keys: list[str] = (), *, shared: list[str] = ()) -> Iterator[None]:
+def _reading(ctx: tasks.Context, db, keys: Iterable[str] = (), *, shared: Iterable[str] = ()) -> Iterator[None]:
     """Hold `keys` (and `shared` shared) for a read-only check: a lock holder with no task
     row. verify changes nothing (quarantine is a task of its own), and a task row per
     tree checked would push the history of real changes out of the task table; the
@@ -225,9 +225,9 @@ def _check_tree(ctx: tasks.Context, row, deep: bool) -> list[str]:
                 keyring = _keyring(ctx, signer)
     except ReconcilerError as exc:  # a missing key file must not hide the tree check
         problems.append(f"publish/{row.name}: cannot load the signing key to check signatures: {exc}")
-    found = treeverify.verify_tree(ctx.publish_root, row.prefix, row.distribution, keyring=keyring, deep=deep)
+    found = treeverify.verify_tree(ctx.publish_dir, row.prefix, row.distribution, keyring=keyring, deep=deep)
     problems += [f"publish/{row.name}: {p}" for p in found]
-    release = tree.dist_dir(ctx.publish_root, row.prefix, row.distribution) / "Release"
+    release = tree.dist_dir(ctx.publish_dir, row.prefix, row.distribution) / "Release"
     if release.exists() and row.release_sha256:
         if sha256_bytes(release.read_bytes()) != row.release_sha256:
             problems.append(f"publish/{row.name}: Release on disk differs from the one published (drift)")

@@ -21,7 +21,7 @@ from reconciler import loader, locks, tasks, upstream
 from reconciler.actions import guards, repair
 from reconciler.actions.result import Result, run, unchanged
 from reconciler.errors import NotFound, PermanentError, PoolDamaged, ReconcilerError, Refused
-from reconciler.fetch import Fetcher, Want, join
+from reconciler.fetch import Fetcher, Stats, Want, join
 from reconciler.plan import removal_refusal, replay_refusal, same_content
 from reconciler.spec import MirrorDoc, MirrorSpec
 from reconciler.state import backend as statebackend
@@ -137,7 +137,7 @@ def _sync(task: tasks.Task, doc: MirrorDoc, *, owner: str, force: bool, fetcher:
     release = upstream.read_release(fetcher, spec, workdir=task.ctx.local("tmp"), now=task.ctx.clock)
     same = row is not None and same_content(row.spec, wanted, row.release_sha256, release.sha256)
     keyrings = [loader.file_digest(k) for k in spec.keyrings]
-    if same and row.update_complete and row.release_sha256 == release.sha256:
+    if row is not None and same and row.update_complete and row.release_sha256 == release.sha256:
         if (row.spec != wanted or row.protect != doc.metadata.protect or row.status != "ready"
                 or row.upstream.get("keyrings") != keyrings):
             with task.transaction() as store:
@@ -230,8 +230,8 @@ def _repair(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, name:
     return result
 
 
-def _download(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, packages) -> object:
-    wants = {}
+def _download(task: tasks.Task, fetcher: Fetcher, release: upstream.Release, packages) -> Stats:
+    wants: dict[str, Want] = {}
     for pkg in packages:
         for f in pkg.files:
             wants.setdefault(f.sha256, Want(join(release.root, f.path), f.path, f.size, f.sha256))

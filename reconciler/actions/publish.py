@@ -82,10 +82,11 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> R
         other = store.publishes.at(spec.prefix, spec.distribution)
         if other is not None and other.name != name:
             raise Refused(f"publish/{name}: {spec.key} is already published by {other.name!r}")
-        rows = {c: store.snapshots.get(s) for c, s in sources.items()}
-        missing = [f"{c}={s}" for c, s in sources.items() if rows[c] is None]
+        found = {c: store.snapshots.get(s) for c, s in sources.items()}
+        missing = [f"{c}={s}" for c, s in sources.items() if found[c] is None]
         if missing:
             raise NotFound(f"publish/{name}: snapshots do not exist: {', '.join(missing)}")
+        rows = {c: r for c, r in found.items() if r is not None}  # all of them, as checked
         wanted = spec.model_dump(mode="json")
         lists = {c: r.list_digest for c, r in rows.items()}
         key = loader.file_digest(spec.signing.keyFile) if spec.signing.keyFile else None
@@ -96,7 +97,7 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> R
                           f"{current.owner}, or pass --take-over to take it over")
         if current is not None and (current.prefix, current.distribution) != where:
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
-        on_disk = treeverify.published(ctx.publish_root, spec.prefix, spec.distribution)
+        on_disk = treeverify.published(ctx.publish_dir, spec.prefix, spec.distribution)
         why = current and tree_repair(spec, current.release_sha256, on_disk, ctx.clock())
         replaced = 0
         if current and published_inputs(current.inputs_digest, wanted, lists, key) and not why:
@@ -189,7 +190,7 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
     components, kinds = stream_components(task.store, sources)
     archs = spec.architectures or sorted({a for _t, a in kinds} - {"all", "source"})
     request = tree.TreeRequest(
-        publish_root=ctx.publish_root, prefix=spec.prefix, distribution=spec.distribution,
+        publish_root=ctx.publish_dir, prefix=spec.prefix, distribution=spec.distribution,
         components=components, types={t for t, _a in kinds},
         architectures=archs or ["amd64"], origin=spec.origin, label=spec.label,
         suite=spec.suite, codename=spec.codename,
@@ -197,14 +198,14 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
         acquire_by_hash=spec.acquireByHash, description=spec.description,
         compression=spec.compression.levels(), recorded=task.store.pool_identities, date=ctx.clock())
     # A first publish into a prefix without a pool has nothing to clean up afterwards.
-    new_pool = not (tree.prefix_dir(ctx.publish_root, spec.prefix) / "pool").exists()
+    new_pool = not (tree.prefix_dir(ctx.publish_dir, spec.prefix) / "pool").exists()
     signer = signer_for(ctx, doc)
     try:
         keyring = _keyring(ctx, signer)
 
         def check(stage: Path) -> None:
             # Pool files are hard links of files verified on import: sizes suffice here.
-            problems = treeverify.verify_staged(ctx.publish_root, spec.prefix, spec.distribution, stage,
+            problems = treeverify.verify_staged(ctx.publish_dir, spec.prefix, spec.distribution, stage,
                                                 keyring=keyring, deep=False)
             if problems:
                 raise PermanentError("not switched, the staged tree does not verify (the previous tree stays "
@@ -215,7 +216,7 @@ def _write(task: tasks.Task, doc: PublishDoc, sources: dict[str, str], current) 
         if signer:
             signer.close()
     if current and (current.prefix, current.distribution) != (spec.prefix, spec.distribution):
-        tree.remove_tree(ctx.publish_root, current.prefix, current.distribution)
+        tree.remove_tree(ctx.publish_dir, current.prefix, current.distribution)
         if current.prefix != spec.prefix:  # what it used there, unless others under that prefix use it too
             _cleanup(task, current.prefix, doc.metadata.name, set())
     if new_pool:
@@ -256,7 +257,7 @@ def _cleanup(task: tasks.Task, prefix: str, name: str, mine: set[str]) -> None:
     for row in task.store.publishes.under_prefix(prefix):
         if row.name != name:
             keep |= referenced_paths(task.store, row.sources)
-    tree.cleanup_pool(task.ctx.publish_root, prefix, keep)
+    tree.cleanup_pool(task.ctx.publish_dir, prefix, keep)
 
 
 def drop(ctx: tasks.Context, name: str, *, missing_ok: bool = False) -> Result:
@@ -274,7 +275,7 @@ def drop(ctx: tasks.Context, name: str, *, missing_ok: bool = False) -> Result:
         guards.check_drop(f"publish/{name}", protect=fresh.protect, users=[], force=False)
         if (fresh.prefix, fresh.distribution) != (row.prefix, row.distribution):
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
-        tree.remove_tree(ctx.publish_root, fresh.prefix, fresh.distribution)
+        tree.remove_tree(ctx.publish_dir, fresh.prefix, fresh.distribution)
         with task.transaction() as tx:
             tx.publishes.delete(name)
         _cleanup(task, fresh.prefix, name, set())

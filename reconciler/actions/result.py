@@ -10,13 +10,23 @@ on the error it raises), so reconcile's events can name the task.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from dataclasses import Field, dataclass, replace
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from reconciler import tasks
 from reconciler.errors import ReconcilerError
 
-R = TypeVar("R")
+
+class Stamped(Protocol):
+    """What `run` stamps a task id on: a dataclass (for `replace`) with a `task_id` field."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    @property
+    def task_id(self) -> int | None: ...
+
+
+R = TypeVar("R", bound=Stamped)
 
 
 @dataclass(frozen=True)

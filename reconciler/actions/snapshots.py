@@ -34,8 +34,9 @@ def create(ctx: tasks.Context, doc: SnapshotDoc, *, owner: str = "default", name
     content in the same apply."""
     name = name or doc.metadata.name
     spec = doc.spec
+    merged = spec.snapshots or []  # the spec names exactly one of mirror, snapshots (spec.py)
     keys = [locks.snapshot(name)]
-    keys += [locks.mirror(spec.mirror)] if spec.mirror else [locks.snapshot(s) for s in spec.snapshots]
+    keys += [locks.mirror(spec.mirror)] if spec.mirror else [locks.snapshot(s) for s in merged]
 
     def body(task: tasks.Task) -> Result:
         store = task.store
@@ -47,7 +48,7 @@ def create(ctx: tasks.Context, doc: SnapshotDoc, *, owner: str = "default", name
             if not replace:
                 raise Refused(f"snapshot/{name} exists with different content; snapshots are immutable: "
                               f"give the new content a new name (or --replace {name})")
-        ids = _mirror_ids(store, spec.mirror) if spec.mirror else _merge_ids(store, spec.snapshots, spec.latest)
+        ids = _mirror_ids(store, spec.mirror) if spec.mirror else _merge_ids(store, merged, spec.latest)
         if spec.filter:
             ids = _filter(store, ids, spec.filter, spec.filterWithDeps)
         with task.transaction() as tx:
@@ -117,7 +118,7 @@ def _highest(packages: list[tuple[int, str]]) -> int:
     return best_id
 
 
-def _filter(store: Store, ids: list[int], text: str, with_deps: bool) -> list[int]:
+def _filter(store: Store, ids: list[int], text: str, with_deps: bool | str) -> list[int]:
     loaded = list(store.packages.load(ids))
     by_key = {pkg.key: pid for pid, pkg in loaded}
     chosen = upstream.select_stored([p for _, p in loaded], text, with_deps)
