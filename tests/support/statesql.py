@@ -21,6 +21,13 @@ def url(root: Path) -> str:
     return os.environ.get(STATE_ENV) or f"sqlite:///{Path(root) / 'state.db'}"
 
 
+def session(root: Path):
+    """A session on `root`'s state as the code under test opens it (schema migrated)."""
+    from reconciler.state import backend
+
+    return backend.open_backend(url(root), Path(root)).session()
+
+
 def query(root: Path, sql: str, params: tuple = ()) -> list[tuple]:
     """Run one statement in its own transaction (committed); the rows it returns, if any."""
     state = url(root)
