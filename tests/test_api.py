@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from reconciler import locks
-from tests.support import examples
+from tests.support import examples, statefixtures
 from tests.support.serveproc import Server
 from tests.support.server import ArchiveServer
 from tests.support.specs import mirror as mirror_spec
@@ -84,6 +84,7 @@ def start(tmp_path):
 
 
 @pytest.fixture(scope="module")
+@statefixtures.shares_state
 def served(tmp_path_factory, upstream):
     """One server for the tests that only read (module-scoped: it reconciles once)."""
     tmp = tmp_path_factory.mktemp("served")
