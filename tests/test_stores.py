@@ -41,3 +41,11 @@ def test_source_files_names_every_file_without_decoding_stanzas(tmp_path):
     ids = store.packages.add(pkgs)
     assert sorted(store.packages.source_files(ids[:2])) == sorted(
         (p.source_name, p.files[0].path) for p in pkgs[:2])
+
+
+def test_a_name_with_a_nul_character_names_no_row(tmp_path):
+    """PostgreSQL text cannot hold NUL: a lookup of such a name (from a URL) finds nothing,
+    as on SQLite, instead of failing inside the driver."""
+    store = Store(statesql.session(tmp_path))
+    assert store.mirrors.get("m\x00") is None and store.snapshots.get("\x00") is None
+    assert store.publishes.at("\x00", "stable") is None
