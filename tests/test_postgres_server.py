@@ -60,6 +60,11 @@ def test_the_state_variable_follows_the_leg(request):
         assert state is None, "the SQLite leg must run the default (no RECONCILER_STATE)"
 
 
+def test_statesql_rewrites_placeholders_outside_literals_only(tmp_path):
+    statesql.session(tmp_path).close()      # the schema, on whichever leg this runs
+    assert statesql.query(tmp_path, "SELECT '?', ?, '50%'", ("x",)) == [("?", "x", "50%")]
+
+
 # -- inner sessions -----------------------------------------------------------------------------
 
 INNER = '''
