@@ -1,13 +1,15 @@
 """The state stores on the backend in use (SQLite; PostgreSQL on that leg): the ordered package
-stream a publish reads."""
+stream a publish reads, names PostgreSQL text cannot hold."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
 
 from reconciler import tree
 from reconciler.debian.package import Package, PackageFile
+from reconciler.errors import StateError
 from reconciler.state.stores import Store
 from tests.support import statesql
 
@@ -49,3 +51,12 @@ def test_a_name_with_a_nul_character_names_no_row(tmp_path):
     store = Store(statesql.session(tmp_path))
     assert store.mirrors.get("m\x00") is None and store.snapshots.get("\x00") is None
     assert store.publishes.at("\x00", "stable") is None
+
+
+def test_postgresql_refuses_to_store_a_nul_character_by_name(tmp_path):
+    if not statesql.url(tmp_path).startswith("postgresql://"):
+        pytest.skip("SQLite stores a NUL character; only PostgreSQL text cannot hold one")
+    store = Store(statesql.session(tmp_path))
+    with pytest.raises(StateError, match="cannot hold text with a NUL character: 'm\\\\x00'"):
+        store.mirrors.create("m\x00", owner="default", spec={}, protect=False)
+    assert store.mirrors.list() == []

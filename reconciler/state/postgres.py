@@ -138,7 +138,7 @@ def bind(sql: str, params: Sequence[Any]) -> tuple:
     if not any(_has_nul(v) for v in values):
         return values
     if not sql.lstrip().upper().startswith("SELECT"):
-        raise StateError("PostgreSQL state cannot store text with a NUL character: "
+        raise StateError("PostgreSQL state cannot hold text with a NUL character: "
                          f"{next(v for v in values if _has_nul(v))!r}; remove it from the spec or request")
     return tuple(None if _has_nul(v) else v for v in values)
 
