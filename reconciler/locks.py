@@ -328,7 +328,8 @@ class AdvisoryLocks:
     same canonical order, polled with the same backoff until the deadline. The server
     releases a session's locks when its connection ends, so a SIGKILLed holder on any
     host leaves nothing held. A row in `locks` names the holder to whoever waits; a row
-    whose session is gone names nobody (`PostgresSession.alive`)."""
+    whose session is gone names nobody (`PostgresSession.alive`), and the next holder of
+    its key deletes it, as a SQLite claimant deletes a dead claim."""
 
     def __init__(self, backend):
         self.backend = backend
@@ -344,9 +345,25 @@ class AdvisoryLocks:
     def holder_of(self, key: str, db=None) -> str:
         if db is not None:
             for row in _rows(db, key):
-                if self.alive(db, row["pid"], row["identity"]):
+                if self._holding(db, row, key):
                     return _describe(row)
         return "another session"
+
+    def _holding(self, db, row: dict, key: str) -> bool:
+        """Does the session that wrote `row` hold `key` now? Its session must be connected
+        and hold the advisory lock: a session that is exiting has released its locks
+        before it leaves pg_stat_activity."""
+        if not self.alive(db, row["pid"], row["identity"]):
+            return False
+        if not row["identity"].startswith("pg:"):
+            return True
+        from reconciler.state.postgres import advisory_key
+
+        backend_pid = int(row["identity"].split(":")[1])  # pg:PID:START:HOST (the server's pid)
+        unsigned = advisory_key(key) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows a bigint key as two oids
+        return db.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = ?"
+                          " AND classid = ? AND objid = ? AND objsubid = 1",
+                          (backend_pid, unsigned >> 32, unsigned & 0xFFFFFFFF)).fetchone() is not None
 
     def _take(self, db, key: str, *, shared: bool, deadline: float) -> None:
         from reconciler.state.postgres import advisory_key
@@ -357,6 +374,14 @@ class AdvisoryLocks:
             if time.monotonic() >= deadline:
                 raise LockTimeout(f"timed out waiting for lock {key}: held by {self.holder_of(key, db)}")
             delay = _backoff(delay)
+
+    def _forget_gone(self, db, key: str) -> None:
+        """Delete the rows of `key` whose session is gone (a holder killed before it could
+        release): the key is ours now, and a waiter must not be told they hold it. A row
+        with no task is removed by nothing else (tasks' rows go with their task)."""
+        for row in _rows(db, key):
+            if not self._holding(db, row, key):
+                db.execute("DELETE FROM locks WHERE key = ? AND holder = ?", (key, row["holder"]))
 
     @staticmethod
     def _release(db, key: str, *, shared: bool, holder: Holder) -> None:
@@ -384,6 +409,7 @@ class AdvisoryLocks:
             for key in ordered:
                 self._take(db, key, shared=key in shared, deadline=deadline)
                 stack.callback(self._release, db, key, shared=key in shared, holder=holder)
+                self._forget_gone(db, key)
                 db.execute("INSERT INTO locks (key, holder, shared, task_id, pid, identity, description,"
                            " acquired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            (key, holder.id, int(key in shared), task_id, holder.pid, holder.identity,

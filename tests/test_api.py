@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler import locks
-from tests.support import examples
+from reconciler import locks, tasks
+from tests.support import examples, statefixtures
 from tests.support.serveproc import Server
 from tests.support.server import ArchiveServer
 from tests.support.specs import mirror as mirror_spec
@@ -84,6 +84,7 @@ def start(tmp_path):
 
 
 @pytest.fixture(scope="module")
+@statefixtures.shares_state
 def served(tmp_path_factory, upstream):
     """One server for the tests that only read (module-scoped: it reconciles once)."""
     tmp = tmp_path_factory.mktemp("served")
@@ -240,7 +241,8 @@ def test_delete_racing_a_snapshot_creation_never_strands_the_snapshot(tmp_path, 
         (tmp_path / name).mkdir()
         (tmp_path / name / "snap.yaml").write_text(RACER.format(name=name, mirror=mirror))
         with ThreadPoolExecutor(1) as pool:
-            with locks.Locks(root / "locks").hold([locks.mirror(mirror)], timeout=10, description="the test"):
+            # The root's own lock manager: flock on SQLite, an advisory lock on PostgreSQL.
+            with tasks.Context(root).locks.hold([locks.mirror(mirror)], timeout=10, description="the test"):
                 apply = subprocess.Popen([sys.executable, "-m", "reconciler", "--root", str(root), "apply",
                                           "-f", str(tmp_path / name), "--owner", name], stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import statesql
 from tests.support.cli import reconciler
 
 from tests.test_publish_e2e import _consistent
@@ -96,10 +96,6 @@ def test_apply_killed_at_any_point_then_rerun(tmp_path, http_archive, gpg_key, d
     again = [p for p, n in complete.items() if n > 1]
     assert complete and max(complete.values()) <= 2 and len(again) <= 4, again
     assert seen == []
-    db = sqlite3.connect(root / "state.db")
-    try:
-        assert db.execute("SELECT count(*) FROM tasks WHERE state IN ('running', 'queued')").fetchone()[0] == 0
-        assert db.execute("SELECT count(*) FROM locks").fetchone()[0] == 0
-        assert [r[0] for r in db.execute("SELECT name FROM snapshots")] == ["s"]
-    finally:
-        db.close()
+    assert statesql.query(root, "SELECT count(*) FROM tasks WHERE state IN ('running', 'queued')") == [(0,)]
+    assert statesql.query(root, "SELECT count(*) FROM locks") == [(0,)]
+    assert statesql.query(root, "SELECT name FROM snapshots") == [("s",)]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from tests.support import examples
+from tests.support import examples, statesql
 from tests.support.cli import reconciler
 from tests.support.specs import mirror as mirror_spec
 
@@ -46,11 +45,7 @@ class World:
         return {(c["kind"], c["name"]): c for c in json.loads(out.stdout)["changes"]}
 
     def rows(self, table: str) -> list[tuple]:
-        db = sqlite3.connect(self.root / "state.db")
-        try:
-            return db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-        finally:
-            db.close()
+        return statesql.query(self.root, f"SELECT * FROM {table} ORDER BY 1")
 
     def names(self, kind: str) -> list[str]:
         return [i["name"] for i in json.loads(cli(self.root, "list", kind, "--json").stdout)]

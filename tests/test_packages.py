@@ -10,11 +10,13 @@ import json
 
 import pytest
 
+from tests.support import statefixtures
 from tests.support.serveproc import Server
 from tests.test_mirror_sync import Rig
 
 
 @pytest.fixture(scope="module")
+@statefixtures.shares_state
 def applied(tmp_path_factory, gpg_key):
     from tests.support.server import ArchiveServer
 

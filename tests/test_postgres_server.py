@@ -60,12 +60,18 @@ def test_the_state_variable_follows_the_leg(request):
         assert state is None, "the SQLite leg must run the default (no RECONCILER_STATE)"
 
 
+def test_statesql_rewrites_placeholders_outside_literals_only(tmp_path):
+    statesql.session(tmp_path).close()      # the schema, on whichever leg this runs
+    assert statesql.query(tmp_path, "SELECT '?', ?, '50%'", ("x",)) == [("?", "x", "50%")]
+
+
 # -- inner sessions -----------------------------------------------------------------------------
 
 INNER = '''
 import json, os, subprocess, sys, time
 from pathlib import Path
 import psycopg, pytest
+from tests.support.statefixtures import shares_state
 
 OUT = Path(os.environ["PG_PROBE_OUT"])
 
@@ -74,8 +80,13 @@ def record(key, value):
         f.write(json.dumps([key, value]) + "\\n")
 
 @pytest.fixture(scope="module")
+@shares_state
 def module_root():
     return os.environ.get("RECONCILER_STATE")
+
+@pytest.fixture(scope="module")
+def module_archive():
+    return "an upstream built once: its tests keep a database each"
 
 def test_first(postgres_server):
     record("server", {"pidfile": str(postgres_server.pidfile), "pid": postgres_server.process.pid,
@@ -93,6 +104,12 @@ def test_second_in_a_child_process():
 
 def test_with_a_module_fixture(module_root):
     record("module", [module_root, os.environ["RECONCILER_STATE"]])
+
+def test_with_a_module_fixture_that_shares_no_state(module_archive):
+    record("plain_module", os.environ["RECONCILER_STATE"])
+
+def test_with_the_other_module_fixture_too(module_archive):
+    record("plain_module_again", os.environ["RECONCILER_STATE"])
 
 @pytest.mark.sqlite_only
 def test_sqlite_only():
@@ -156,7 +173,10 @@ def test_the_postgres_leg_gives_each_test_a_database_and_stops_the_server(tmp_pa
     assert seen["second_sees_first_table"] is None, "a test saw the previous test's table"
     shared, during = seen["module"]
     assert shared == during and shared not in (seen["first"], seen["second"]), \
-        "a test using a module fixture must share the module's database"
+        "a test using a module fixture marked @shares_state must share the module's database"
+    plain = {seen["plain_module"], seen["plain_module_again"]}
+    assert len(plain) == 2 and not plain & {shared, seen["first"], seen["second"]}, \
+        "a test using a module fixture that shares no state must get a database of its own"
     assert "sqlite_only" not in seen and "1 skipped" in output, output
     assert_stopped(seen["server"])
 

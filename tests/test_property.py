@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from reconciler import plan as planner
 from reconciler import reconcile, tasks
 from reconciler.actions import maintenance
 from reconciler.loader import load_specs
-from tests.support import archive, examples, gpgkeys
+from tests.support import archive, examples, gpgkeys, statefixtures
 from tests.support.aptclient import AptClient
 from tests.support.server import ArchiveServer
 
@@ -67,6 +68,22 @@ def keys(tmp_path_factory):
     Keys.signing.stop_agent()
 
 
+class States:
+    """Where each example's root keeps its state. On the PostgreSQL leg the state is not per
+    root (every root uses the test's one database), so each example gets a new database of
+    its own: an example must not start from the objects the previous one left."""
+
+    new: Callable[[str], str] | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def states(request):
+    if statefixtures.state_mode(request.config) == "postgres":
+        States.new = request.getfixturevalue("postgres_server").new_database
+    yield
+    States.new = None
+
+
 def doc(kind: str, name: str, spec: dict, **meta) -> str:
     return json.dumps({"apiVersion": "reconciler/v1", "kind": kind, "metadata": {"name": name, **meta},
                        "spec": spec})
@@ -86,13 +103,14 @@ class World:
         self.now = datetime.now(timezone.utc).replace(microsecond=0)
         self.specs = self.dir / "specs"
         self.specs.mkdir()
+        self.state = States.new("property") if States.new else None  # None: SQLite under the root
 
     def build(self) -> None:
         self.builder.build(self.dir / "up", distribution="stable", sign_with=Keys.upstream,
                            date=archive.DEFAULT_DATE + timedelta(days=self.day))
 
     def context(self) -> tasks.Context:
-        return tasks.Context(self.dir / "root", lock_timeout=10, clock=lambda: self.now)
+        return tasks.Context(self.dir / "root", lock_timeout=10, clock=lambda: self.now, state=self.state)
 
     def close(self) -> None:
         self.upstream.stop()

@@ -9,7 +9,6 @@ mirror whose packages the update shares) never takes rows the update is about to
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import zlib
@@ -77,20 +76,17 @@ def test_a_prune_during_an_update_never_takes_rows_the_update_will_name(race):  
                             " WHERE m.name = 'a'")
     ids = listed(race)
     assert len(ids) == count == stored(race)
-    db = sqlite3.connect(race.root / "state.db")
-    names = {r[0] for r in db.execute("SELECT name FROM packages")}
-    db.close()
+    names = {r[0] for r in race.query("SELECT name FROM packages")}
     assert "hello" in names
     verify(race)
 
 
 def test_the_task_table_keeps_the_last_thousand(race):  # noqa: F811
     race.apply(race.mirror())
-    db = sqlite3.connect(race.root / "state.db")
-    with db:  # a long history, as months of serve leave it
-        db.executemany("INSERT INTO tasks (name, resources, state, created_at) VALUES (?, '[]', 'succeeded', '')",
-                       [(f"old {i}",) for i in range(1500)])
-    db.close()
+    # A long history, as months of serve leave it (one portable statement for 1500 rows).
+    race.query("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500)"
+               " INSERT INTO tasks (name, resources, state, created_at)"
+               " SELECT 'old ' || i, '[]', 'succeeded', '' FROM n")
     race.apply(race.mirror())
     [(count, newest, oldest)] = race.query("SELECT count(*), max(id), min(id) FROM tasks")
     assert count <= 1001

@@ -9,7 +9,6 @@ starts the competitor).
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import statesql
 from tests.support.cli import start as cli_start
 from tests.support.specs import mirror as mirror_spec
 
@@ -78,12 +78,8 @@ class Race:
                               "-f", str(self.specs(name, text))], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
 
-    def query(self, sql: str) -> list[tuple]:
-        db = sqlite3.connect(self.root / "state.db")
-        try:
-            return db.execute(sql).fetchall()
-        finally:
-            db.close()
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return statesql.query(self.root, sql, params)
 
     def slow(self, seconds: float = 0.4) -> None:
         self.up.server.clear()

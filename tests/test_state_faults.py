@@ -1,6 +1,6 @@
 """State faults lose nothing: a lost state.db, gc beyond what the database knows, a locks
-directory removed under a running apply, corrupt rows. Real SQLite files, the real CLI,
-real processes; every refusal is checked to change nothing."""
+directory removed under a running apply, corrupt rows. Real SQLite files (or the PostgreSQL
+leg's database), the real CLI, real processes; every refusal is checked to change nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -23,6 +22,7 @@ from reconciler.cli import app
 from reconciler.errors import LockTimeout
 from tests.support.cli import reconciler as cli
 from tests.support.cli import start
+from tests.support import statesql
 from tests.support.serveproc import Server
 from tests.support.specs import mirror as mirror_spec
 from tests.test_tasks import start_holder
@@ -72,12 +72,7 @@ class Root:
         return {p.name for p in (self.root / "pool" / "files").glob("*/*")}
 
     def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
-        db = sqlite3.connect(self.root / "state.db")
-        try:
-            with db:
-                return db.execute(statement, params).fetchall()
-        finally:
-            db.close()
+        return statesql.query(self.root, statement, params)
 
 
 @pytest.fixture
@@ -260,7 +255,8 @@ def test_a_removed_locks_directory_keeps_a_running_apply_locked(tmp_path, http_a
     a = start(root.root, "apply", "-f", str(specs))
     try:
         assert server.wait_for(fast, others, timeout=30, done=True) and server.wait_for(slow, 1, timeout=30)
-        shutil.rmtree(root.root / "locks")
+        # On PostgreSQL the locks are advisory locks with no directory: the rest must hold as well.
+        shutil.rmtree(root.root / "locks", ignore_errors=True)
         env = {**os.environ, "RECONCILER_LOCK_TIMEOUT": "1"}
         second = subprocess.run([sys.executable, "-m", "reconciler", "--root", str(root.root), "apply", "-f",
                                  str(specs)], capture_output=True, text=True, timeout=60, env=env)
@@ -295,7 +291,7 @@ def test_a_sigkilled_holder_leaves_no_lock_even_with_its_lock_file_gone(tmp_path
     holder = start_holder(tmp_path, "mirror/m", 600, tmp_path / "never")
     try:
         assert holder.stdout.readline().strip() == "locked"
-        shutil.rmtree(tmp_path / "locks")
+        shutil.rmtree(tmp_path / "locks", ignore_errors=True)  # PostgreSQL: advisory locks, no directory
         with pytest.raises(LockTimeout, match="hold mirror/m"):
             tasks.run(tasks.Context(tmp_path, lock_timeout=0.5), "early", ["mirror/m"], lambda t: None)
     finally:
@@ -314,7 +310,7 @@ CORRUPTIONS = {
     "snapshot spec not a spec": ("UPDATE snapshots SET spec = '[1, 2]'", "snapshot/s: stored spec is not a valid"),
     "publish spec not a spec": ("UPDATE publishes SET spec = '{\"prefix\": 5}'",
                                 "publish/pub: stored spec is not a valid"),
-    "list blob": ("UPDATE package_lists SET ids = x'00ff00ff'", "does not decode"),
+    "list blob": (("UPDATE package_lists SET ids = ?", (b"\x00\xff\x00\xff",)), "does not decode"),
     "package files": ("UPDATE packages SET files = '[[1' WHERE name = 'basesys'",
                       "stored files is not valid JSON"),
     "package files shape": ("UPDATE packages SET files = '[1]' WHERE name = 'basesys'",
@@ -343,7 +339,7 @@ MUST_FAIL = {
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
 def test_a_corrupt_row_is_an_error_naming_the_object(applied, case):
     statement, message = CORRUPTIONS[case]
-    applied.sql(statement)
+    applied.sql(*statement) if isinstance(statement, tuple) else applied.sql(statement)
     for name, args in COMMANDS.items():
         out = run(applied.root, *args(applied))
         text = out.stdout + out.stderr

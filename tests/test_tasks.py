@@ -77,6 +77,37 @@ def test_sigkilled_holder_never_leaves_the_lock_held(tmp_path):
     assert ctx.store().db.execute("SELECT count(*) FROM locks").fetchone()[0] == 0
 
 
+HOLD_WITHOUT_TASK = """
+import sys, time
+from reconciler import tasks
+ctx = tasks.Context(sys.argv[1])
+with ctx.locks.hold([sys.argv[2]], timeout=10, description="a read-only check", db=ctx.connect()):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_sigkilled_holder_without_a_task_leaves_no_row(tmp_path):
+    """A holder with no task row (as verify holds keys) killed: the next holder of the key
+    removes the dead one's row, so `locks` names no one who is gone."""
+    tasks.Context(tmp_path).store()  # the schema exists before the holder starts
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITHOUT_TASK, str(tmp_path), "mirror/m"],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    ctx = tasks.Context(tmp_path, lock_timeout=5)
+    db = ctx.connect()
+    try:
+        with ctx.locks.hold(["mirror/m"], timeout=5, description="next", db=db):
+            assert [r[0] for r in db.execute("SELECT description FROM locks").fetchall()] == ["next"]
+        assert db.execute("SELECT count(*) FROM locks").fetchone()[0] == 0
+    finally:
+        db.close()
+
+
 def test_a_failing_task_leaves_the_database_as_it_was(tmp_path):
     ctx = tasks.Context(tmp_path)
 

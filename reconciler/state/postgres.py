@@ -138,6 +138,24 @@ _TRANSLATED: dict[str, str] = {}
 _CURSORS = count()
 
 
+def bind(sql: str, params: Sequence[Any]) -> tuple:
+    """The parameters as psycopg binds them. PostgreSQL text holds no NUL character, so no
+    stored text can equal one that has it (a name from a URL such as `/api/mirrors/%00`):
+    a read binds it as NULL, which equals nothing, so it finds no row, as on SQLite; a
+    write is refused with a message instead of failing inside the driver."""
+    values = tuple(params)
+    if not any(_has_nul(v) for v in values):
+        return values
+    if not sql.lstrip().upper().startswith("SELECT"):
+        raise StateError("PostgreSQL state cannot hold text with a NUL character: "
+                         f"{next(v for v in values if _has_nul(v))!r}; remove it from the spec or request")
+    return tuple(None if _has_nul(v) else v for v in values)
+
+
+def _has_nul(value: Any) -> bool:
+    return isinstance(value, str) and "\0" in value
+
+
 class PostgresSession:
     """One connection (autocommit outside `transaction`)."""
 
@@ -148,15 +166,15 @@ class PostgresSession:
         self._pool = pool
 
     def execute(self, sql: str, params: Sequence[Any] = ()):
-        return self.conn.execute(translate(sql), tuple(params))
+        return self.conn.execute(translate(sql), bind(sql, params))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self.conn.cursor() as cursor:
-            cursor.executemany(translate(sql), [tuple(r) for r in rows])
+            cursor.executemany(translate(sql), [bind(sql, r) for r in rows])
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict]:
         with self.conn.cursor(row_factory=dict_row) as cursor:
-            cursor.execute(translate(sql), tuple(params))
+            cursor.execute(translate(sql), bind(sql, params))
             rows = cursor.fetchall()
         yield from rows
 
@@ -165,7 +183,7 @@ class PostgresSession:
         implicit transaction of autocommit), so a long list costs the client one batch."""
         with self.conn.cursor(name=f"reconciler_{next(_CURSORS)}", withhold=True) as cursor:
             cursor.itersize = 500
-            cursor.execute(translate(sql), tuple(params))
+            cursor.execute(translate(sql), bind(sql, params))
             yield from cursor
 
     @contextmanager

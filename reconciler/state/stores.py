@@ -675,7 +675,7 @@ class Store:
     def recorded_by_bucket(self) -> Iterator[tuple[str, builtins.list[str]]]:
         """(bucket, its recorded files) for every bucket (two hex digits) holding any, in
         order: one ordered pass over the primary key, a bucket in memory at a time."""
-        bucket, shas = "", []
+        bucket, shas = "", builtins.list[str]()
         for (sha,) in self.db.stream("SELECT sha256 FROM pool_files ORDER BY sha256"):
             if sha[:2] != bucket:
                 if shas:

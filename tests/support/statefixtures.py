@@ -4,9 +4,15 @@
 for the session and gives every test a fresh database through `RECONCILER_STATE`, so each
 Context and each CLI subprocess the test starts uses it. Tests marked
 `@pytest.mark.sqlite_only` (they damage state.db's bytes, read it with sqlite3, ...) are
-skipped on that leg. A test that uses a module-scoped fixture (a root applied once per
-module, a served API) shares that module's database with the fixture, since the fixture's
-processes were started with it.
+skipped on that leg. A module-scoped fixture that starts processes on a root (a root
+applied once per module, a served API) declares so with `@shares_state` under its
+`@pytest.fixture`: a test that uses it shares the module's database with it, since the
+fixture's processes were started with it. Every other test, including one that uses other
+module-scoped fixtures (a built upstream archive, keys), gets a database of its own.
+
+On PostgreSQL the state is not per root: every root a test makes uses the one database in
+`RECONCILER_STATE` (several hosts share one database on purpose). A test that wants two
+independent states gives the second root its own database (`postgres_server.new_database`).
 
 `pg_url` gives any test a database URL of its own on either leg; it skips only when the
 PostgreSQL binaries are absent, and fails instead when `RECONCILER_REQUIRE_POSTGRES=1` (CI).
@@ -22,12 +28,20 @@ import pytest
 from tests.support import postgres
 
 __all__ = ["pytest_addoption", "pytest_configure", "pytest_collection_modifyitems",
-           "postgres_server", "pg_url", "_state_for_module", "_state_for_test"]
+           "postgres_server", "pg_url", "_state_for_module", "_state_for_test", "shares_state"]
 
 STATE_ENV = "RECONCILER_STATE"          # what the code reads (sqlite:///PATH | postgresql://...)
 MODE_ENV = "RECONCILER_TEST_STATE"      # which leg the suite runs: sqlite | postgres
 REQUIRE_ENV = "RECONCILER_REQUIRE_POSTGRES"
-_WIDER_SCOPES = ("module", "class", "package")
+_SHARES = "_reconciler_shares_state"
+
+
+def shares_state(fixture):
+    """Mark a module- or class-scoped fixture whose processes use the module's state: the
+    tests that use it run on the module's database on the PostgreSQL leg. Put it below
+    `@pytest.fixture(scope=...)`."""
+    setattr(fixture, _SHARES, True)
+    return fixture
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -88,16 +102,14 @@ def _state_for_module(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _state_for_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the PostgreSQL leg, a fresh database per test unless it shares a module fixture's."""
-    if state_mode(request.config) != "postgres" or _uses_wider_fixture(request):
+    """On the PostgreSQL leg, a fresh database per test unless it shares a fixture's state."""
+    if state_mode(request.config) != "postgres" or _uses_shared_state(request):
         return
     server = request.getfixturevalue("postgres_server")
     monkeypatch.setenv(STATE_ENV, server.new_database(request.node.name))
 
 
-def _uses_wider_fixture(request: pytest.FixtureRequest) -> bool:
-    """Whether the test depends on a module/class-scoped fixture (other than ours)."""
-    for name, defs in request.node._fixtureinfo.name2fixturedefs.items():
-        if name != "_state_for_module" and defs and defs[-1].scope in _WIDER_SCOPES:
-            return True
-    return False
+def _uses_shared_state(request: pytest.FixtureRequest) -> bool:
+    """Whether the test depends on a fixture marked `@shares_state`."""
+    return any(defs and getattr(defs[-1].func, _SHARES, False)
+               for defs in request.node._fixtureinfo.name2fixturedefs.values())

@@ -4,7 +4,8 @@ Tests today open `root / "state.db"` with sqlite3; on the PostgreSQL leg the sta
 database `RECONCILER_STATE` names instead. `query(root, sql, params)` goes to whichever the
 code under test uses, so a rig's `rows()` / `query()` / `sql()` helper can call it and run
 on both legs. Placeholders are written `?` (SQLite's style) and rewritten to `%s` for
-psycopg; the SQL itself must be valid on both (no `json_set`, no `rowid`).
+psycopg as the backend does (not inside quoted literals, so `'?'` stays a question mark);
+the SQL itself must be valid on both (no `json_set`, no `rowid`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ def url(root: Path) -> str:
     return os.environ.get(STATE_ENV) or f"sqlite:///{Path(root) / 'state.db'}"
 
 
+def session(root: Path):
+    """A session on `root`'s state as the code under test opens it (schema migrated)."""
+    from reconciler.state import backend
+
+    return backend.open_backend(url(root), Path(root)).session()
+
+
 def query(root: Path, sql: str, params: tuple = ()) -> list[tuple]:
     """Run one statement in its own transaction (committed); the rows it returns, if any."""
     state = url(root)
@@ -33,7 +41,9 @@ def query(root: Path, sql: str, params: tuple = ()) -> list[tuple]:
             db.close()
     if state.startswith(("postgresql://", "postgres://")):
         import psycopg
+
+        from reconciler.state.postgres import translate
         with psycopg.connect(state) as db:
-            cursor = db.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+            cursor = db.execute(translate(sql), params)
             return cursor.fetchall() if cursor.description else []
     raise ValueError(f"{STATE_ENV}={state!r}: expected sqlite:///PATH or postgresql://...")
