@@ -91,7 +91,11 @@ def served(tmp_path_factory, upstream):
     server = Server(tmp / "root", "--specs", write_specs(tmp / "specs", upstream), "--interval", "1h",
                     "--serve-public").start()
     server.root = tmp / "root"
-    server.wait_ready()
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.kill()  # never left running when it does not get ready
+        raise
     yield server
     assert server.stop() == 0, server.output
 
