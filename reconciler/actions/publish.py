@@ -95,7 +95,9 @@ def publish(ctx: tasks.Context, doc: PublishDoc, *, owner: str = "default") -> R
         if current is not None and current.owner != owner:
             raise Refused(f"publish/{name} belongs to owner {current.owner!r}, not {owner!r}; apply with --owner "
                           f"{current.owner}, or pass --take-over to take it over")
-        if current is not None and (current.prefix, current.distribution) != where:
+        # Locked are its place and the one it was at before the lock: it may be at either
+        # now (another apply of the same specs may have published it meanwhile), not elsewhere.
+        if current is not None and (current.prefix, current.distribution) not in (where, (spec.prefix, spec.distribution)):
             raise Refused(f"publish/{name} moved while waiting for the lock; run again")
         on_disk = treeverify.published(ctx.publish_dir, spec.prefix, spec.distribution)
         why = current and tree_repair(spec, current.release_sha256, on_disk, ctx.clock())
