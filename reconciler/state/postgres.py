@@ -296,15 +296,14 @@ class PostgresBackend:
             except psycopg.Error as exc:
                 raise StateError(f"state database {self.describe()}: cannot connect: {str(exc).strip()}") from None
         conn = self._connect()
+        if self._current:  # checked on an earlier session of this process: no query
+            return PostgresSession(conn)
         try:
-            if migrate:
-                upgrade(conn)
-            else:
-                migrations.check(_version(conn))
+            version = upgrade(conn) if migrate else migrations.check(_version(conn))
         except BaseException:
             conn.close()
             raise
-        self._current = _version(conn) == migrations.SCHEMA_VERSION
+        self._current = version == migrations.SCHEMA_VERSION
         return PostgresSession(conn)
 
     def integrity_problems(self, session: Any) -> list[str]:
@@ -344,10 +343,11 @@ def _version(conn) -> int:
     return row[0] or 0
 
 
-def upgrade(conn) -> None:
-    """Apply the migrations not applied yet, in one transaction, one process at a time."""
-    if _version(conn) == migrations.SCHEMA_VERSION:
-        return
+def upgrade(conn) -> int:
+    """Apply the migrations not applied yet, in one transaction, one process at a time;
+    the schema version it leaves."""
+    if (version := migrations.check(_version(conn))) == migrations.SCHEMA_VERSION:
+        return version
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATOR,))
         for statement in _BOOTSTRAP:
@@ -358,3 +358,4 @@ def upgrade(conn) -> None:
                 conn.execute(DIALECT.ddl(statement))
         conn.execute("DELETE FROM reconciler_schema")
         conn.execute("INSERT INTO reconciler_schema (version) VALUES (%s)", (migrations.SCHEMA_VERSION,))
+    return migrations.SCHEMA_VERSION
