@@ -48,6 +48,21 @@ class Leadership:
         self.leading = False
         self.since: str | None = None
         self._renewed = 0.0
+        self._reader: statebackend.Session | None = None  # for the lease: one session, kept
+
+    def _state(self) -> statebackend.Session:
+        """The session the lease is read and written on: opened once, not every poll."""
+        if self._reader is None:
+            self._reader = self.ctx.connect()
+        return self._reader
+
+    def _forget_state(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            try:
+                reader.close()
+            except statebackend.errors_with(OSError):
+                pass
 
     # -- the lock, per backend ----------------------------------------------------------
 
@@ -87,45 +102,38 @@ class Leadership:
         """Give leadership up (shutdown): a standby takes over at its next poll."""
         if self.leading:
             try:
-                db = self.ctx.connect()
-                try:
-                    db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (LEASE, self.identity))
-                finally:
-                    db.close()
-            except statebackend.errors_with(OSError):
+                self._state().execute("DELETE FROM leases WHERE name = ? AND holder = ?", (LEASE, self.identity))
+            except statebackend.errors_with(OSError, *_state_errors()):
                 pass
         self._lost()
+        self._forget_state()
 
     def _write_lease(self) -> None:
         stamp = _now()
-        db = self.ctx.connect()
         try:
-            db.execute("INSERT INTO leases (name, holder, acquired_at, renewed_at) VALUES (?, ?, ?, ?)"
-                       " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
-                       " acquired_at = excluded.acquired_at, renewed_at = excluded.renewed_at",
-                       (LEASE, self.identity, self.since or stamp, stamp))
-        finally:
-            db.close()
+            self._state().execute(
+                "INSERT INTO leases (name, holder, acquired_at, renewed_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " acquired_at = excluded.acquired_at, renewed_at = excluded.renewed_at",
+                (LEASE, self.identity, self.since or stamp, stamp))
+        except statebackend.DATABASE_ERRORS:
+            self._forget_state()  # a lost connection: the next poll opens another
+            raise
         self._renewed = time.monotonic()
 
     def status(self, *, read: bool = True) -> dict:
         """role, this replica's identity, and the lease as recorded (by whichever replica
         leads); `readable` says the state could be read. `read=False` reads nothing."""
         lease, readable = None, False
-        try:
-            if not read:
-                raise OSError("not read")
-            db = self.ctx.connect()
+        if read:
             try:
-                row = db.execute("SELECT holder, acquired_at, renewed_at FROM leases WHERE name = ?",
-                                 (LEASE,)).fetchone()
-            finally:
-                db.close()
-            readable = True
-            if row:
-                lease = {"holder": row[0], "acquiredAt": row[1], "renewedAt": row[2]}
-        except statebackend.errors_with(OSError, *_state_errors()):
-            pass
+                row = self._state().execute("SELECT holder, acquired_at, renewed_at FROM leases WHERE name = ?",
+                                            (LEASE,)).fetchone()
+                readable = True
+                if row:
+                    lease = {"holder": row[0], "acquiredAt": row[1], "renewedAt": row[2]}
+            except statebackend.errors_with(OSError, *_state_errors()):
+                self._forget_state()
         return {"role": "leader" if self.leading else "standby", "identity": self.identity,
                 "lease": lease, "renewSeconds": self.renew, "readable": readable}
 
